@@ -1,0 +1,85 @@
+"""Process entry point shared by the services: ``python -m gatehouse_<service>``.
+
+Reads configuration, sets up logs and telemetry, builds the service's
+:class:`~gatehouse.kit.server.ServiceSpec`, and serves until a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+
+from gatehouse.kit.config import ConfigError, Settings
+from gatehouse.kit.server import GatehouseServer, ServiceSpec, serve_until_signal
+
+SpecBuilder = Callable[[Settings, "Runtime"], ServiceSpec]
+
+
+class Runtime:
+    """What a service's builder gets besides settings: telemetry and peer channels."""
+
+    def __init__(self, settings: Settings):
+        from gatehouse.kit.telemetry import client_interceptors, setup_telemetry
+
+        self.settings = settings
+        self.telemetry = setup_telemetry(settings.service, settings.otel_exporter, settings.otel_endpoint)
+        self._client_interceptors = client_interceptors(self.telemetry)
+
+    def channel(self, peer: str):
+        """A grpc.aio channel to a peer service, with trace propagation."""
+        import grpc
+
+        return grpc.aio.insecure_channel(
+            self.settings.address_of(peer), interceptors=list(self._client_interceptors)
+        )
+
+    def server_interceptors(self):
+        from gatehouse.kit.telemetry import ServerTelemetryInterceptor
+
+        return [ServerTelemetryInterceptor(self.telemetry)]
+
+
+def build_server(settings: Settings, build: SpecBuilder) -> GatehouseServer:
+    """Wire a :class:`GatehouseServer` for ``settings`` (used by ``main`` and by tests)."""
+    from gatehouse.kit.peers import identity_token_verifier
+
+    runtime = Runtime(settings)
+    spec = build(settings, runtime)
+    verifier = spec.verifier or identity_token_verifier(settings, runtime.channel("identity"))
+    return GatehouseServer(
+        settings,
+        spec,
+        verifier=verifier,
+        extra_interceptors=runtime.server_interceptors(),
+        peer_channel=lambda address: runtime.channel(_peer_of(settings, address)),
+    )
+
+
+def _peer_of(settings: Settings, address: str) -> str:
+    for name, addr in settings.addresses.items():
+        if addr == address:
+            return name
+    raise KeyError(address)
+
+
+def run_service(service: str, build: SpecBuilder) -> None:
+    """Run one service until SIGTERM/SIGINT; exits 2 on a configuration error."""
+    try:
+        settings = Settings.from_env(service)
+    except ConfigError as exc:
+        print(f"gatehouse-{service}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from gatehouse.kit.logs import setup_logging
+
+    setup_logging(service, settings.log_level, settings.log_format)
+
+    async def _main() -> int:
+        try:
+            server = build_server(settings, build)
+        except ConfigError as exc:
+            print(f"gatehouse-{service}: configuration error: {exc}", file=sys.stderr)
+            return 2
+        return await serve_until_signal(server)
+
+    sys.exit(asyncio.run(_main()))

@@ -1,0 +1,51 @@
+"""Per-request context shared by interceptors and handlers (contextvars)."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The verified caller of an RPC, from its bearer token.
+
+    ``kind`` is ``user`` or ``service`` (a service account); ``amr`` lists the
+    authentication methods of the session (``pwd``, ``otp``).
+    """
+
+    kind: str
+    id: str
+    session_id: str | None = None
+    amr: tuple[str, ...] = ()
+    token_id: str | None = None
+    expires_at: float | None = None
+    claims: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def subject(self) -> str:
+        """The authz subject string, e.g. ``user:01J...`` or ``service:01J...``."""
+        return f"{self.kind}:{self.id}"
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind == "service"
+
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gatehouse_request_id", default=None
+)
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "gatehouse_principal", default=None
+)
+bearer_token_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gatehouse_bearer_token", default=None
+)
+
+
+def current_principal() -> Principal | None:
+    return principal_var.get()
+
+
+def current_request_id() -> str | None:
+    return request_id_var.get()

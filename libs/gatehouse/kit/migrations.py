@@ -1,0 +1,83 @@
+"""Alembic migrations, one tree per service (``services/<svc>/migrations``).
+
+``upgrade_to_head`` is what a service runs at start (through a sync engine of
+the same database); ``python -m gatehouse.kit.migrations DIR URL`` runs it on
+its own. A service's ``migrations/env.py`` is two lines: import its metadata and
+call :func:`run_env`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.pool import NullPool
+
+from gatehouse.kit.db import sync_url
+
+
+def alembic_config(script_location: pathlib.Path | str, database_url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("sqlalchemy.url", sync_url(database_url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade_to_head(script_location: pathlib.Path | str, database_url: str) -> None:
+    """Apply every pending migration (idempotent)."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split(":///", 1)[1]
+        if path and path != ":memory:":
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(script_location, database_url), "head")
+
+
+def run_env(target_metadata=None) -> None:
+    """Body of a service's ``migrations/env.py`` (online mode only)."""
+    from alembic import context
+
+    url = context.config.get_main_option("sqlalchemy.url")
+    engine = sa.create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=url.startswith("sqlite"),
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gatehouse.kit.migrations",
+        description="Apply a service's Alembic migrations up to head.",
+    )
+    parser.add_argument(
+        "script_location", help="the service's migrations folder, e.g. services/authz/migrations"
+    )
+    parser.add_argument("database_url", help="sqlite+aiosqlite:///path or postgresql+psycopg://user@host/db")
+    args = parser.parse_args(argv)
+    print(f"migrating {args.database_url.split('@')[-1]} with {args.script_location} ...", flush=True)
+    upgrade_to_head(args.script_location, args.database_url)
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def migrate_on_start(script_location: pathlib.Path | str, database_url: str):
+    """A start-up hook for :class:`~gatehouse.kit.server.ServiceSpec` that upgrades to head."""
+    import asyncio
+
+    async def migrate() -> None:
+        await asyncio.to_thread(upgrade_to_head, script_location, database_url)
+
+    return migrate

@@ -1,0 +1,238 @@
+"""The transactional outbox: nothing a service promised another is ever lost.
+
+A producer writes an entry with :func:`add` in the *same transaction* as its
+domain change, so either both exist or neither does. An :class:`OutboxRelay`
+delivers pending entries of one topic in id order and in batches, marking them
+delivered only after the receiver acknowledged. On failure an entry stays
+pending with exponential back-off (with jitter) — never dropped, never given up.
+
+Delivery is at-least-once (an acknowledgement can be lost after the receiver
+stored the entry), so receivers are idempotent by the entry id, which the relay
+passes along as the idempotency key. Several relays (replicas) may drain the
+same table: a short claim step takes entries with ``FOR UPDATE SKIP LOCKED``
+(PostgreSQL) and leases them, so two relays never deliver the same entry at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gatehouse.kit.db import Database
+from gatehouse.kit.ids import new_id
+
+log = logging.getLogger("gatehouse.outbox")
+
+TABLE = "outbox"
+
+
+def _columns() -> list[sa.Column]:
+    return [
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("topic", sa.String(100), nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("next_attempt_at", sa.Float, nullable=False),
+        sa.Column("claimed_until", sa.Float, nullable=True),
+        sa.Column("delivered_at", sa.Float, nullable=True),
+        sa.Column("last_error", sa.Text, nullable=True),
+    ]
+
+
+def outbox_table(metadata: sa.MetaData) -> sa.Table:
+    """The ``outbox`` table in a service's metadata."""
+    return sa.Table(
+        TABLE,
+        metadata,
+        *_columns(),
+        sa.Index("ix_outbox_pending", "topic", "delivered_at", "next_attempt_at"),
+    )
+
+
+def create_outbox_table(op) -> None:
+    """For a service's initial Alembic migration: ``create_outbox_table(op)``."""
+    op.create_table(TABLE, *_columns())
+    op.create_index("ix_outbox_pending", TABLE, ["topic", "delivered_at", "next_attempt_at"])
+
+
+_META = sa.MetaData()
+_T = outbox_table(_META)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: str
+    topic: str
+    payload: bytes
+    attempts: int
+
+
+async def add(session: AsyncSession, topic: str, payload: bytes, *, key: str | None = None) -> str:
+    """Write an entry in the caller's transaction; returns its id (the idempotency key)."""
+    now = time.time()
+    entry_id = key or new_id()
+    await session.execute(
+        _T.insert().values(
+            id=entry_id, topic=topic, payload=payload, created_at=now, attempts=0, next_attempt_at=now
+        )
+    )
+    return entry_id
+
+
+Deliver = Callable[[list[OutboxEntry]], Awaitable[None]]
+
+
+class OutboxRelay:
+    """Delivers one topic's pending entries to a receiver, with retries and back-off."""
+
+    def __init__(
+        self,
+        database: Database,
+        topic: str,
+        deliver: Deliver,
+        *,
+        batch_size: int = 100,
+        poll_interval: float = 0.2,
+        base_backoff: float = 0.2,
+        max_backoff: float = 30.0,
+        lease: float = 30.0,
+    ):
+        self.db = database
+        self.topic = topic
+        self.deliver = deliver
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.lease = lease
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        """Nudge the relay (e.g. right after a producer committed)."""
+        self._wake.set()
+
+    async def _claim(self) -> list[OutboxEntry]:
+        now = time.time()
+        async with self.db.unit_of_work() as uow:
+            rows = (
+                await uow.session.execute(
+                    sa.select(_T.c.id, _T.c.topic, _T.c.payload, _T.c.attempts)
+                    .where(
+                        _T.c.topic == self.topic,
+                        _T.c.delivered_at.is_(None),
+                        _T.c.next_attempt_at <= now,
+                        sa.or_(_T.c.claimed_until.is_(None), _T.c.claimed_until < now),
+                    )
+                    .order_by(_T.c.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            await uow.session.execute(
+                _T.update().where(_T.c.id.in_(ids)).values(claimed_until=now + self.lease)
+            )
+            await uow.commit()
+        return [OutboxEntry(r.id, r.topic, r.payload, r.attempts) for r in rows]
+
+    def _backoff(self, attempts: int) -> float:
+        delay = min(self.max_backoff, self.base_backoff * (2 ** min(attempts, 20)))
+        return delay * random.uniform(0.5, 1.0)
+
+    async def drain_once(self) -> int:
+        """Deliver one batch; returns how many entries were delivered (0 on failure or none)."""
+        batch = await self._claim()
+        if not batch:
+            return 0
+        ids = [e.id for e in batch]
+        try:
+            await self.deliver(batch)
+        except Exception as exc:
+            attempts = batch[0].attempts + 1
+            retry_at = time.time() + self._backoff(attempts)
+            log.warning(
+                "outbox delivery failed (%s entries, attempt %s): %s",
+                len(batch),
+                attempts,
+                exc,
+                extra={"topic": self.topic},
+            )
+            async with self.db.unit_of_work() as uow:
+                await uow.session.execute(
+                    _T.update()
+                    .where(_T.c.id.in_(ids))
+                    .values(
+                        attempts=_T.c.attempts + 1,
+                        next_attempt_at=retry_at,
+                        claimed_until=None,
+                        last_error=str(exc)[:2000],
+                    )
+                )
+                await uow.commit()
+            return 0
+        async with self.db.unit_of_work() as uow:
+            await uow.session.execute(
+                _T.update().where(_T.c.id.in_(ids)).values(delivered_at=time.time(), claimed_until=None)
+            )
+            await uow.commit()
+        return len(batch)
+
+    async def drain(self, max_batches: int = 1000) -> int:
+        """Deliver until nothing is due (bounded); returns the count delivered."""
+        total = 0
+        for _ in range(max_batches):
+            n = await self.drain_once()
+            if n == 0:
+                break
+            total += n
+        return total
+
+    async def run(self) -> None:
+        """Deliver forever (until :meth:`stop` or cancellation)."""
+        while not self._stopping:
+            try:
+                delivered = await self.drain_once()
+            except Exception:
+                log.exception("outbox relay error", extra={"topic": self.topic})
+                delivered = 0
+            if delivered:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def pending_count(self) -> int:
+        async with self.db.unit_of_work() as uow:
+            return (
+                await uow.session.execute(
+                    sa.select(sa.func.count()).where(_T.c.topic == self.topic, _T.c.delivered_at.is_(None))
+                )
+            ).scalar_one()
+
+    async def purge_delivered(self, older_than: float) -> int:
+        """Remove entries delivered more than ``older_than`` seconds ago."""
+        async with self.db.unit_of_work() as uow:
+            result = await uow.session.execute(
+                _T.delete().where(
+                    _T.c.delivered_at.is_not(None), _T.c.delivered_at < time.time() - older_than
+                )
+            )
+            await uow.commit()
+            return result.rowcount or 0

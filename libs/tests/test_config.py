@@ -1,0 +1,72 @@
+"""Configuration: defaults, overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gatehouse.kit.config import ConfigError, Settings
+from gatehouse.kit.ids import new_id
+
+
+def test_defaults(tmp_path):
+    s = Settings.from_env("authz", {"GATEHOUSE_DATA_DIR": str(tmp_path)})
+    assert s.listen_address == "127.0.0.1:50053"
+    assert s.address_of("identity") == "127.0.0.1:50051"
+    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'authz.db'}"
+    assert s.log_level == "INFO" and s.otel_exporter == "none"
+
+
+def test_overrides_and_per_service_database(tmp_path):
+    env = {
+        "GATEHOUSE_DATA_DIR": str(tmp_path),
+        "GATEHOUSE_AUTHZ_ADDRESS": "127.0.0.1:6000",
+        "GATEHOUSE_DATABASE_URL": "postgresql://postgres@127.0.0.1/all",
+        "GATEHOUSE_AUDIT_DATABASE_URL": "postgresql://postgres@127.0.0.1/audit",
+        "GATEHOUSE_LOG_LEVEL": "debug",
+    }
+    assert Settings.from_env("authz", env).listen_address == "127.0.0.1:6000"
+    assert Settings.from_env("authz", env).database_url == "postgresql+psycopg://postgres@127.0.0.1/all"
+    assert Settings.from_env("audit", env).database_url == "postgresql+psycopg://postgres@127.0.0.1/audit"
+    assert Settings.from_env("audit", env).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEHOUSE_IDENTITY_ADDRESS", "nohost"),
+        ("GATEHOUSE_LISTEN_ADDRESS", "127.0.0.1:99999"),
+        ("GATEHOUSE_DATABASE_URL", "mysql://root@localhost/x"),
+        ("GATEHOUSE_LOG_LEVEL", "LOUD"),
+        ("GATEHOUSE_OTEL_EXPORTER", "zipkin"),
+        ("GATEHOUSE_AUTHZ_TIMEOUT", "soon"),
+        ("GATEHOUSE_SHUTDOWN_GRACE", "-1"),
+    ],
+)
+def test_invalid_values_name_the_variable(variable, value):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env("identity", {variable: value})
+    assert str(info.value).startswith(variable + ":")
+
+
+def test_service_process_exits_with_the_variable_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gatehouse_authz"],
+        env={"GATEHOUSE_DATA_DIR": str(tmp_path), "GATEHOUSE_LOG_LEVEL": "LOUD", "PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "GATEHOUSE_LOG_LEVEL" in proc.stderr
+
+
+def test_ids_are_sortable_uuid7():
+    ids = [new_id() for _ in range(200)]
+    assert all(i[14] == "7" for i in ids)
+    assert len(set(ids)) == 200
+    # same-millisecond ids may tie on the time prefix; the time prefix never goes backwards
+    prefixes = [i[:13] for i in ids]
+    assert prefixes == sorted(prefixes)

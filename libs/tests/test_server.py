@@ -1,0 +1,220 @@
+"""The server kit through real grpc.aio servers on loopback: error mapping,
+request ids, health transitions, reflection, and authentication on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from gatehouse.kit import errors
+from gatehouse.kit.context import Principal, current_principal
+from gatehouse.kit.status import bad_request, error_info, retry_info
+from gatehouse.testing.servers import TEST_SERVICE, call, make_server, raw_service
+
+ERROR_CASES = [
+    (errors.InvalidArgument.field("email", "must not be empty"), grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Unauthenticated("bad token", reason="TOKEN_INVALID"), grpc.StatusCode.UNAUTHENTICATED),
+    (
+        errors.PermissionDenied(capability="manage:members", resource="workspace:w1"),
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    (errors.NotFound("workspace", "w1"), grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists("slug taken"), grpc.StatusCode.ALREADY_EXISTS),
+    (
+        errors.FailedPrecondition("owner", reason="OWNER_CANNOT_BE_REMOVED"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    (errors.Aborted("stale etag", reason="ETAG_MISMATCH"), grpc.StatusCode.ABORTED),
+    (
+        errors.ResourceExhausted("locked", retry_after=42.2, reason="LOGIN_LOCKED"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
+    (errors.Unavailable("authz down", dependency="authz"), grpc.StatusCode.UNAVAILABLE),
+    (RuntimeError("secret internal detail"), grpc.StatusCode.INTERNAL),
+    (NotImplementedError(), grpc.StatusCode.UNIMPLEMENTED),
+]
+
+
+async def allow_nobody(token: str) -> Principal:
+    raise errors.Unauthenticated("invalid or expired access token", reason="TOKEN_INVALID")
+
+
+async def accept_test_token(token: str) -> Principal:
+    # A deliberately trivial verifier for tests that are about the interceptor
+    # plumbing, not about JWTs (real-token tests use TokenVerifier below).
+    if token != "good":
+        raise errors.Unauthenticated("invalid or expired access token", reason="TOKEN_INVALID")
+    return Principal(kind="user", id="u1", session_id="s1", amr=("pwd",))
+
+
+def _raiser(exc: BaseException):
+    async def handler(request: bytes, context) -> bytes:
+        raise exc
+
+    return handler
+
+
+@pytest.fixture
+async def error_server(tmp_path):
+    methods = {f"Raise{i}": _raiser(exc) for i, (exc, _) in enumerate(ERROR_CASES)}
+
+    async def whoami(request: bytes, context) -> bytes:
+        p = current_principal()
+        return (p.subject if p else "anonymous").encode()
+
+    methods["WhoAmI"] = whoami
+    methods["Public"] = whoami
+    server = make_server(tmp_path, raw_service(methods), verifier=accept_test_token, public=["Public"])
+    port = await server.start()
+    await server.wait_started()
+    yield port
+    await server.stop(0)
+
+
+@pytest.mark.parametrize("index", range(len(ERROR_CASES)))
+async def test_domain_errors_map_to_codes_with_details(error_server, index):
+    exc, code = ERROR_CASES[index]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(error_server, f"Raise{index}", metadata=[("authorization", "Bearer good")])
+    err = info.value
+    assert err.code() == code
+    if isinstance(exc, errors.InvalidArgument):
+        violations = bad_request(err).field_violations
+        assert [(v.field, v.description) for v in violations] == [("email", "must not be empty")]
+    if isinstance(exc, errors.GatehouseError) and exc.reason:
+        info_ = error_info(err)
+        assert info_.reason == exc.reason and info_.domain == "gatehouse"
+        assert dict(info_.metadata) == exc.metadata
+    if isinstance(exc, errors.PermissionDenied):
+        assert error_info(err).metadata["capability"] == "manage:members"
+    if isinstance(exc, errors.ResourceExhausted):
+        assert retry_info(err).retry_delay.seconds == 43
+    if code == grpc.StatusCode.INTERNAL:
+        assert "secret" not in err.details()
+        assert err.details() == "internal error"
+    # every answer, failure included, echoes a request id
+    assert any(k == "x-request-id" and v for k, v in err.trailing_metadata())
+
+
+async def test_request_id_is_echoed_or_generated(error_server):
+    md = [("authorization", "Bearer good"), ("x-request-id", "req-123")]
+    body, trailing = await call(error_server, "WhoAmI", metadata=md)
+    assert body == b"user:u1"
+    assert ("x-request-id", "req-123") in tuple(trailing)
+    _, trailing = await call(error_server, "WhoAmI", metadata=[("authorization", "Bearer good")])
+    generated = dict(trailing)["x-request-id"]
+    assert len(generated) == 36 and generated[14] == "7"  # a UUIDv7
+
+
+async def test_missing_and_bad_tokens_are_unauthenticated(error_server):
+    for md in ([], [("authorization", "Bearer nope")], [("authorization", "Basic Zm9vOmJhcg==")]):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(error_server, "WhoAmI", metadata=md)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error_info(info.value).reason == "TOKEN_INVALID"
+
+
+async def test_public_method_needs_no_token_but_refuses_a_bad_one(error_server):
+    body, _ = await call(error_server, "Public")
+    assert body == b"anonymous"
+    body, _ = await call(error_server, "Public", metadata=[("authorization", "Bearer good")])
+    assert body == b"user:u1"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(error_server, "Public", metadata=[("authorization", "Bearer forged")])
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_health_reports_not_serving_until_startup_and_dependencies(tmp_path):
+    migrated = asyncio.Event()
+
+    async def slow_migration() -> None:
+        await migrated.wait()
+
+    # The dependency is a second kit server that is not started yet.
+    dep = make_server(tmp_path / "dep", raw_service({}), verifier=allow_nobody)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dep_port = s.getsockname()[1]
+    server = make_server(
+        tmp_path,
+        raw_service({}),
+        verifier=allow_nobody,
+        on_start=[slow_migration],
+        depends_on=["authz"],
+        authz_address=f"127.0.0.1:{dep_port}",
+    )
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def status(name: str = "") -> int:
+            return (await stub.Check(health_pb2.HealthCheckRequest(service=name))).status
+
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await status(TEST_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+        migrated.set()
+        await asyncio.sleep(0.5)
+        # migrations ran, but the dependency does not answer yet
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        dep.settings = dep.settings.__class__(
+            **{**dep.settings.__dict__, "listen_address": f"127.0.0.1:{dep_port}"}
+        )
+        await dep.start()
+        await asyncio.wait_for(server.wait_started(), 5)
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        assert await status(TEST_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+        await server.stop(0)
+    await dep.stop(0)
+
+
+def _list_services(port: int) -> list[str]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return sorted(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+
+async def test_reflection_lists_services_over_v1alpha_and_v1(error_server):
+    services = await asyncio.to_thread(_list_services, error_server)
+    assert TEST_SERVICE in services
+    assert "grpc.health.v1.Health" in services
+    # grpc.reflection.v1 answers on the same servicer (buf curl asks v1 first)
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{error_server}") as channel:
+        rpc = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        call_ = rpc(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = []
+        async for answer in call_:
+            names = [s.name for s in answer.list_services_response.service]
+            break
+    assert TEST_SERVICE in names
+
+
+async def test_graceful_stop_lets_in_flight_calls_finish(tmp_path):
+    started = asyncio.Event()
+
+    async def slow(request: bytes, context) -> bytes:
+        started.set()
+        await asyncio.sleep(0.5)
+        return b"done"
+
+    server = make_server(tmp_path, raw_service({"Slow": slow}), verifier=accept_test_token, public=["Slow"])
+    port = await server.start()
+    await server.wait_started()
+    pending = asyncio.create_task(call(port, "Slow"))
+    await started.wait()
+    await server.stop(grace=3)
+    body, _ = await pending
+    assert body == b"done"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call(port, "Slow", timeout=1)
+    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

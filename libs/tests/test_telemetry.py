@@ -1,0 +1,135 @@
+"""Traces cross services and metrics count RPCs, through real grpc.aio servers."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import grpc
+import pytest
+from opentelemetry.trace import SpanKind
+
+from gatehouse.kit.context import request_id_var
+from gatehouse.kit.logs import setup_logging
+from gatehouse.kit.telemetry import (
+    ServerTelemetryInterceptor,
+    client_interceptors,
+    current_trace_id,
+    setup_telemetry,
+)
+
+SERVICE = "gatehouse.test.v1.Hop"
+
+
+async def start(telemetry, methods):
+    server = grpc.aio.server(interceptors=[ServerTelemetryInterceptor(telemetry)])
+    handlers = {n: grpc.unary_unary_rpc_method_handler(f) for n, f in methods.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+@pytest.fixture
+async def two_servers():
+    tel_a = setup_telemetry("a", "memory")
+    tel_b = setup_telemetry("b", "memory")
+
+    async def leaf(request, context):
+        return (current_trace_id() or "").encode()
+
+    async def missing(request, context):
+        await context.abort(grpc.StatusCode.NOT_FOUND, "nope")
+
+    server_b, port_b = await start(tel_b, {"Leaf": leaf, "Missing": missing})
+    channel_b = grpc.aio.insecure_channel(f"127.0.0.1:{port_b}", interceptors=client_interceptors(tel_a))
+
+    async def front(request, context):
+        return await channel_b.unary_unary(f"/{SERVICE}/Leaf")(b"", timeout=5)
+
+    server_a, port_a = await start(tel_a, {"Front": front})
+    yield tel_a, tel_b, port_a, port_b
+    await channel_b.close()
+    await server_a.stop(0)
+    await server_b.stop(0)
+
+
+async def test_one_trace_spans_two_servers(two_servers):
+    tel_a, tel_b, port_a, _ = two_servers
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port_a}") as channel:
+        trace_in_b = (await channel.unary_unary(f"/{SERVICE}/Front")(b"", timeout=5)).decode()
+    spans_a = tel_a.span_exporter.get_finished_spans()
+    spans_b = tel_b.span_exporter.get_finished_spans()
+    server_a = next(s for s in spans_a if s.kind == SpanKind.SERVER)
+    client_a = next(s for s in spans_a if s.kind == SpanKind.CLIENT)
+    server_b = next(s for s in spans_b if s.kind == SpanKind.SERVER)
+    assert server_b.context.trace_id == server_a.context.trace_id
+    assert f"{server_a.context.trace_id:032x}" == trace_in_b
+    assert client_a.parent.span_id == server_a.context.span_id
+    assert server_b.parent.span_id == client_a.context.span_id
+    assert server_a.name == f"/{SERVICE}/Front"
+
+
+async def test_incoming_traceparent_is_continued(two_servers):
+    _, tel_b, _, port_b = two_servers
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    md = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port_b}") as channel:
+        answer = await channel.unary_unary(f"/{SERVICE}/Leaf")(b"", metadata=md, timeout=5)
+    assert answer.decode() == trace_id
+    span = tel_b.span_exporter.get_finished_spans()[-1]
+    assert span.parent.span_id == 0x00F067AA0BA902B7
+
+
+async def test_metrics_count_by_method_and_code(two_servers):
+    _, tel_b, _, port_b = two_servers
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port_b}") as channel:
+        await channel.unary_unary(f"/{SERVICE}/Leaf")(b"", timeout=5)
+        await channel.unary_unary(f"/{SERVICE}/Leaf")(b"", timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await channel.unary_unary(f"/{SERVICE}/Missing")(b"", timeout=5)
+    data = tel_b.metric_reader.get_metrics_data()
+    counts = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "rpc.server.requests":
+                    for point in metric.data.data_points:
+                        a = point.attributes
+                        counts[(a["rpc.method"], a["rpc.grpc.status_code"])] = point.value
+    assert counts[(f"/{SERVICE}/Leaf", "OK")] == 2
+    assert counts[(f"/{SERVICE}/Missing", "NOT_FOUND")] == 1
+
+
+def test_json_logs_carry_request_id_trace_id_and_exceptions():
+    stream = io.StringIO()
+    setup_logging("probe", "INFO", "json", stream=stream)
+    tel = setup_telemetry("probe", "memory")
+    token = request_id_var.set("req-7")
+    try:
+        with tel.tracer.start_as_current_span("work"):
+            logging.getLogger("x").info("hello %s", "world", extra={"user": "u1"})
+            try:
+                raise ValueError("bad")
+            except ValueError:
+                logging.getLogger("x").exception("failed")
+    finally:
+        request_id_var.reset(token)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["msg"] == "hello world" and first["service"] == "probe" and first["user"] == "u1"
+    assert first["request_id"] == "req-7" and len(first["trace_id"]) == 32
+    assert "ValueError: bad" in second["exc"]
+    setup_logging("probe", "INFO", "json", stream=stream)
+    assert sum(1 for h in logging.getLogger().handlers if getattr(h, "_gatehouse_handler", False)) == 1
+
+
+def test_otlp_exporter_is_configured_for_traces_and_metrics():
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    tel = setup_telemetry("probe", "otlp", "http://127.0.0.1:4317")
+    processors = tel.tracer_provider._active_span_processor._span_processors
+    assert any(isinstance(getattr(p, "span_exporter", None), OTLPSpanExporter) for p in processors)
+    assert setup_telemetry("probe", "none").tracer_provider._active_span_processor._span_processors == ()
+    tel.tracer_provider.shutdown()
+    tel.meter_provider.shutdown(timeout_millis=100)

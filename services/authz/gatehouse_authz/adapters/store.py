@@ -1,0 +1,180 @@
+"""Authz storage: the source the in-memory index is built from and follows.
+
+Writes take the revision row's lock first (``UPDATE authz_meta``), so writers
+are serialized and revisions commit in order: a follower reading the change
+log by revision can never skip a change that commits later with a lower number.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from gatehouse.kit import errors
+from gatehouse.kit.db import Database
+from gatehouse_authz.adapters.tables import changelog, meta, relationships, states, write_requests
+from gatehouse_authz.domain import model as m
+
+TUPLE_FIELDS = ("resource_type", "resource_id", "relation", "subject_type", "subject_id", "capability")
+
+
+@dataclass(frozen=True)
+class Filter:
+    resource_type: str = ""
+    resource_id: str = ""
+    relation: str = ""
+    subject_type: str = ""
+    subject_id: str = ""
+
+    def matches(self, t: m.Tuple) -> bool:
+        return all(not want or getattr(t, name) == want for name, want in self.__dict__.items())
+
+    def where(self):
+        return [relationships.c[name] == want for name, want in self.__dict__.items() if want]
+
+
+def encode_changes(changes: Iterable[m.Change]) -> str:
+    out = []
+    for c in changes:
+        if isinstance(c.item, m.Tuple):
+            out.append({"op": c.op, "t": [getattr(c.item, f) for f in TUPLE_FIELDS]})
+        else:
+            out.append({"op": c.op, "s": [c.item.kind, c.item.key, c.item.value]})
+    return json.dumps(out, separators=(",", ":"))
+
+
+def decode_changes(text: str) -> list[m.Change]:
+    out = []
+    for c in json.loads(text):
+        item = m.Tuple(*c["t"]) if "t" in c else m.State(*c["s"])
+        out.append(m.Change(c["op"], item))
+    return out
+
+
+class Store:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def snapshot(self) -> tuple[int, list[m.Change]]:
+        """Current revision and every tuple and state, read consistently."""
+        async with self.db.unit_of_work() as uow:
+            s = uow.session
+            if self.db.is_postgres:
+                await s.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            revision = (await s.execute(sa.select(meta.c.revision).where(meta.c.id == 1))).scalar_one()
+            changes = [
+                m.Change("put", m.Tuple(*(row[f] for f in TUPLE_FIELDS)))
+                for row in (await s.execute(sa.select(relationships))).mappings()
+            ]
+            changes += [
+                m.Change("put", m.State(row.kind, row.key, row.value))
+                for row in await s.execute(sa.select(states))
+            ]
+        return revision, changes
+
+    async def head(self) -> int:
+        async with self.db.unit_of_work() as uow:
+            return (await uow.session.execute(sa.select(meta.c.revision).where(meta.c.id == 1))).scalar_one()
+
+    async def changes_since(self, revision: int, limit: int = 1000) -> list[tuple[int, list[m.Change]]]:
+        async with self.db.unit_of_work() as uow:
+            rows = await uow.session.execute(
+                sa.select(changelog.c.revision, changelog.c.changes)
+                .where(changelog.c.revision > revision)
+                .order_by(changelog.c.revision)
+                .limit(limit)
+            )
+            return [(r.revision, decode_changes(r.changes)) for r in rows]
+
+    async def write(
+        self,
+        updates: list[tuple[str, m.Tuple | m.State]],
+        *,
+        preconditions: list[tuple[bool, Filter]] = (),
+        request_id: str = "",
+        select_deletes=None,
+        after_write=None,
+    ) -> int:
+        """Apply ``updates`` (``touch``/``create``/``delete``) atomically; returns the revision.
+
+        ``select_deletes(session)`` may return more tuples to delete, computed
+        while the revision lock is held (filtered bulk deletes). ``after_write(session,
+        revision)`` runs in the same transaction (e.g. to add audit events to the outbox).
+        """
+        async with self.db.unit_of_work() as uow:
+            s = uow.session
+            await s.execute(meta.update().where(meta.c.id == 1).values(revision=meta.c.revision + 1))
+            revision = (await s.execute(sa.select(meta.c.revision).where(meta.c.id == 1))).scalar_one()
+            if request_id:
+                earlier = (
+                    await s.execute(
+                        sa.select(write_requests.c.revision).where(write_requests.c.request_id == request_id)
+                    )
+                ).scalar_one_or_none()
+                if earlier is not None:
+                    return earlier  # rolled back: the revision bump is discarded
+            for i, (must_exist, flt) in enumerate(preconditions):
+                found = (
+                    await s.execute(
+                        sa.select(sa.literal(1)).select_from(relationships).where(*flt.where()).limit(1)
+                    )
+                ).first() is not None
+                if found != must_exist:
+                    raise errors.FailedPrecondition(
+                        f"precondition {i} does not hold ({'must exist' if must_exist else 'must not exist'})",
+                        reason="RELATIONSHIP_PRECONDITION_FAILED",
+                        metadata={"precondition": str(i)},
+                    )
+            if select_deletes is not None:
+                updates = list(updates) + [("delete", t) for t in await select_deletes(s)]
+            applied: list[m.Change] = []
+            for op, item in updates:
+                applied.append(await self._apply(s, op, item, revision))
+            await s.execute(
+                changelog.insert().values(
+                    revision=revision, changes=encode_changes(applied), created_at=time.time()
+                )
+            )
+            if request_id:
+                await s.execute(
+                    write_requests.insert().values(
+                        request_id=request_id, revision=revision, created_at=time.time()
+                    )
+                )
+            if after_write is not None:
+                await after_write(s, revision)
+            await uow.commit()
+            return revision
+
+    async def _apply(self, s, op: str, item, revision: int) -> m.Change:
+        if isinstance(item, m.Tuple):
+            key = [relationships.c[f] == getattr(item, f) for f in TUPLE_FIELDS]
+            exists = (
+                await s.execute(sa.select(sa.literal(1)).select_from(relationships).where(*key))
+            ).first()
+            if op == "delete":
+                await s.execute(relationships.delete().where(*key))
+                return m.Change("delete", item)
+            if exists and op == "create":
+                raise errors.FailedPrecondition(
+                    f"relationship {item.text()} already exists", reason="RELATIONSHIP_PRECONDITION_FAILED"
+                )
+            if not exists:
+                await s.execute(
+                    relationships.insert().values(
+                        **{f: getattr(item, f) for f in TUPLE_FIELDS}, revision=revision
+                    )
+                )
+            return m.Change("put", item)
+        key = [states.c.kind == item.kind, states.c.key == item.key]
+        await s.execute(states.delete().where(*key))
+        if op == "delete":
+            return m.Change("delete", item)
+        await s.execute(
+            states.insert().values(kind=item.kind, key=item.key, value=item.value, revision=revision)
+        )
+        return m.Change("put", item)

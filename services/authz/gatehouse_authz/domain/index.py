@@ -1,0 +1,308 @@
+"""The in-memory relationship index and the decision evaluator (the hot path).
+
+Forward maps answer checks without any I/O; reverse maps (subject → resources,
+resource → children, organization → members) make lookups cost what their
+answer costs rather than what the whole data set costs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from gatehouse_authz.domain import model as m
+from gatehouse_authz.domain.catalog import PLATFORM, PLATFORM_ADMIN, Catalog
+
+PLATFORM_REF: m.Ref = (PLATFORM, PLATFORM)
+
+
+class UnknownType(ValueError):
+    pass
+
+
+class UnknownCapability(ValueError):
+    pass
+
+
+class Index:
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.revision = 0
+        self.roles: dict[m.Ref, dict[m.Ref, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.bound: dict[m.Ref, set[m.Ref]] = defaultdict(set)  # subject -> resources with a role for it
+        self.parent: dict[m.Ref, m.Ref] = {}
+        self.children: dict[m.Ref, set[m.Ref]] = defaultdict(set)
+        self.grants: dict[m.Ref, dict[m.Ref, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.granted: dict[m.Ref, set[m.Ref]] = defaultdict(set)  # subject -> resources granted to it
+        self.by_type: dict[str, set[str]] = defaultdict(set)
+        self.disabled: set[str] = set()
+        self.membership: dict[tuple[str, str], str] = {}
+        self.org_members: dict[str, set[str]] = defaultdict(set)
+        self.user_orgs: dict[str, set[str]] = defaultdict(set)
+        self.deleted: set[str] = set()
+        self.require_mfa: set[str] = set()
+
+    # ---- applying changes -------------------------------------------------
+    def apply(self, changes: Iterable[m.Change], revision: int) -> None:
+        for change in changes:
+            if isinstance(change.item, m.Tuple):
+                self._tuple(change.item, change.op == "put")
+            else:
+                self._state(change.item, change.op == "put")
+        self.revision = max(self.revision, revision)
+
+    def _tuple(self, t: m.Tuple, put: bool) -> None:
+        res, sub = t.resource, t.subject
+        if put:
+            self.by_type[t.resource_type].add(t.resource_id)
+        if t.relation == "parent":
+            if put:
+                self.parent[res] = sub
+                self.children[sub].add(res)
+                self.by_type[t.subject_type].add(t.subject_id)
+            elif self.parent.get(res) == sub:
+                del self.parent[res]
+                self.children[sub].discard(res)
+        elif t.relation == "grant":
+            if put:
+                self.grants[res][sub].add(t.capability)
+                self.granted[sub].add(res)
+            else:
+                caps = self.grants[res][sub]
+                caps.discard(t.capability)
+                if not caps:
+                    del self.grants[res][sub]
+                    self.granted[sub].discard(res)
+        elif put:
+            self.roles[res][sub].add(t.relation)
+            self.bound[sub].add(res)
+        else:
+            roles = self.roles[res][sub]
+            roles.discard(t.relation)
+            if not roles:
+                del self.roles[res][sub]
+                self.bound[sub].discard(res)
+
+    def _state(self, s: m.State, put: bool) -> None:
+        if s.kind == "membership":
+            org, user = s.key.split("|", 1)
+            if put:
+                self.membership[(org, user)] = s.value
+                self.org_members[org].add(user)
+                self.user_orgs[user].add(org)
+            else:
+                self.membership.pop((org, user), None)
+                self.org_members[org].discard(user)
+                self.user_orgs[user].discard(org)
+            return
+        target = {"disabled": self.disabled, "deleted": self.deleted, "require_mfa": self.require_mfa}[s.kind]
+        if put and s.value == "1":
+            target.add(s.key)
+        else:
+            target.discard(s.key)
+
+    # ---- queries ----------------------------------------------------------
+    def validate(self, resource_type: str, capability: str | None = None) -> None:
+        t = self.catalog.type(resource_type)
+        if t is None:
+            raise UnknownType(resource_type)
+        if capability is not None and capability not in t.capabilities:
+            raise UnknownCapability(capability)
+
+    def ancestors(self, res: m.Ref) -> list[m.Ref]:
+        chain, seen = [], set()
+        cur = self.parent.get(res)
+        while cur is not None and cur not in seen:
+            chain.append(cur)
+            seen.add(cur)
+            cur = self.parent.get(cur)
+        return chain
+
+    def organization_of(self, res: m.Ref) -> str | None:
+        if res[0] == "organization":
+            return res[1]
+        for anc in self.ancestors(res):
+            if anc[0] == "organization":
+                return anc[1]
+        return None
+
+    def groups_of(self, subject: m.Ref) -> list[m.Ref]:
+        if subject[0] != "user":
+            return []
+        return [
+            r for r in self.bound.get(subject, ()) if r[0] == "group" and "member" in self.roles[r][subject]
+        ]
+
+    def is_platform_admin(self, subject: m.Ref) -> bool:
+        return PLATFORM_ADMIN in self._direct_and_group_roles(subject, PLATFORM_REF)
+
+    def _direct_and_group_roles(self, subject: m.Ref, res: m.Ref) -> dict[str, str]:
+        found: dict[str, str] = {}
+        bindings = self.roles.get(res)
+        if not bindings:
+            return found
+        for role in bindings.get(subject, ()):
+            found[role] = m.ROLE
+        for group in self.groups_of(subject):
+            for role in bindings.get(group, ()):
+                found.setdefault(role, m.GROUP_ROLE)
+        return found
+
+    def roles_on(self, subject: m.Ref, res: m.Ref, _depth: int = 0) -> dict[str, str]:
+        """Every role the subject holds on ``res`` with how it holds it (best reason per role)."""
+        found = self._direct_and_group_roles(subject, res)
+        parent = self.parent.get(res)
+        rtype = self.catalog.type(res[0])
+        if parent is not None and rtype is not None and _depth < 16:
+            for prole, preason in self.roles_on(subject, parent, _depth + 1).items():
+                implied = rtype.implied.get(prole)
+                if implied:
+                    reason = m.PLATFORM_ROLE if preason == m.PLATFORM_ROLE else m.INHERITED_ROLE
+                    if found.get(implied) in (None, m.PLATFORM_ROLE):
+                        found[implied] = reason
+        if rtype is not None and res != PLATFORM_REF and self.is_platform_admin(subject):
+            found.setdefault(rtype.top_role, m.PLATFORM_ROLE)
+        return found
+
+    def _grant_reason(self, subject: m.Ref, res: m.Ref, capability: str | None) -> dict[str, str]:
+        """Capabilities granted on ``res`` to the subject, its groups or its organizations."""
+        out: dict[str, str] = {}
+        grants = self.grants.get(res)
+        if not grants:
+            return out
+        for cap in grants.get(subject, ()):
+            out[cap] = m.DIRECT_GRANT
+        for group in self.groups_of(subject):
+            for cap in grants.get(group, ()):
+                out.setdefault(cap, m.GROUP_GRANT)
+        if subject[0] == "user":
+            for (stype, sid), caps in grants.items():
+                if stype == "organization" and self.membership.get((sid, subject[1])) == m.ACTIVE:
+                    for cap in caps:
+                        out.setdefault(cap, m.ORGANIZATION_GRANT)
+        if capability is not None:
+            return {capability: out[capability]} if capability in out else {}
+        return out
+
+    def _precheck(self, subject: m.Ref, res: m.Ref, amr: Iterable[str]) -> str | None:
+        if subject[0] == "user" and f"user:{subject[1]}" in self.disabled:
+            return m.SUBJECT_DISABLED
+        if f"{res[0]}:{res[1]}" in self.deleted or any(
+            f"{a[0]}:{a[1]}" in self.deleted for a in self.ancestors(res)
+        ):
+            return m.RESOURCE_DELETED
+        org = self.organization_of(res)
+        if org is None or subject[0] != "user":
+            return None
+        status = self.membership.get((org, subject[1]))
+        if status is not None and status != m.ACTIVE and not self.is_platform_admin(subject):
+            return m.MEMBERSHIP_INACTIVE
+        if org in self.require_mfa and "otp" not in set(amr):
+            return m.MFA_REQUIRED
+        return None
+
+    def check(self, subject: m.Ref, res: m.Ref, capability: str, amr: Iterable[str] = ()) -> m.Decision:
+        self.validate(res[0], capability)
+        denied = self._precheck(subject, res, amr)
+        if denied:
+            return m.Decision(False, denied, (f"denied: {denied}",))
+        rtype = self.catalog.types[res[0]]
+        holding = [
+            (reason, role)
+            for role, reason in self.roles_on(subject, res).items()
+            if capability in rtype.role_caps[role]
+        ]
+        if holding:
+            reason, role = min(holding, key=lambda rr: m.REASON_ORDER.index(rr[0]))
+            return m.Decision(
+                True, reason, (f"{res[0]}:{res[1]}#{role}@{subject[0]}:{subject[1]} via {reason}",)
+            )
+        granted = self._grant_reason(subject, res, capability)
+        if granted:
+            reason = granted[capability]
+            return m.Decision(True, reason, (f"{res[0]}:{res[1]}#grant:{capability} via {reason}",))
+        return m.Decision(False, m.NO_RELATIONSHIP, ("no role or grant gives the capability",))
+
+    def access(self, subject: m.Ref, res: m.Ref, amr: Iterable[str] = ()) -> m.Access:
+        self.validate(res[0])
+        is_admin = self.is_platform_admin(subject)
+        rtype = self.catalog.types[res[0]]
+        own = self.catalog.highest(res[0], self.roles.get(res, {}).get(subject, ()))
+        if self._precheck(subject, res, amr):
+            return m.Access(own, is_admin, "", ())
+        roles = self.roles_on(subject, res)
+        caps: set[str] = set()
+        for role in roles:
+            caps |= rtype.role_caps[role]
+        caps |= set(self._grant_reason(subject, res, None))
+        return m.Access(own, is_admin, self.catalog.highest(res[0], roles), tuple(sorted(caps)))
+
+    def lookup_resources(
+        self,
+        subject: m.Ref,
+        rtype: str,
+        capability: str,
+        parent: m.Ref | None = None,
+        amr: Iterable[str] = (),
+    ) -> list[str]:
+        self.validate(rtype, capability)
+        if self.is_platform_admin(subject):
+            candidates = {(rtype, rid) for rid in self.by_type.get(rtype, ())}
+        else:
+            roots: set[m.Ref] = set(self.bound.get(subject, ())) | set(self.granted.get(subject, ()))
+            for group in self.groups_of(subject):
+                roots |= self.bound.get(group, set()) | self.granted.get(group, set())
+            if subject[0] == "user":
+                for org in self.user_orgs.get(subject[1], ()):
+                    if self.membership.get((org, subject[1])) == m.ACTIVE:
+                        roots |= self.granted.get(("organization", org), set())
+            candidates = set()
+            stack = list(roots)
+            seen: set[m.Ref] = set()
+            while stack:
+                ref = stack.pop()
+                if ref in seen:
+                    continue
+                seen.add(ref)
+                if ref[0] == rtype:
+                    candidates.add(ref)
+                stack.extend(self.children.get(ref, ()))
+        if parent is not None:
+            candidates = {c for c in candidates if parent in self.ancestors(c)}
+        return sorted(
+            rid for (t, rid) in candidates if self.check(subject, (t, rid), capability, amr).allowed
+        )
+
+    def lookup_subjects(self, res: m.Ref, capability: str) -> list[str]:
+        self.validate(res[0], capability)
+        users: set[str] = set()
+        for ref in (res, *self.ancestors(res)):
+            for sub in list(self.roles.get(ref, {})) + list(self.grants.get(ref, {})):
+                users |= self._users_of(sub)
+        for sub in self.roles.get(PLATFORM_REF, {}):
+            users |= self._users_of(sub)
+        return sorted(u for u in users if self.check(("user", u), res, capability, ("pwd", "otp")).allowed)
+
+    def _users_of(self, sub: m.Ref) -> set[str]:
+        if sub[0] == "user":
+            return {sub[1]}
+        if sub[0] == "group":
+            return {u for (t, u) in self.roles.get(sub, {}) if t == "user"}
+        if sub[0] == "organization":
+            return {
+                u for u in self.org_members.get(sub[1], ()) if self.membership.get((sub[1], u)) == m.ACTIVE
+            }
+        return set()
+
+    def tuples(self) -> Iterable[m.Tuple]:
+        """Every relationship tuple (for reads and filtered deletes)."""
+        for res, subs in self.roles.items():
+            for sub, roles in subs.items():
+                for role in roles:
+                    yield m.Tuple(res[0], res[1], role, sub[0], sub[1])
+        for res, par in self.parent.items():
+            yield m.Tuple(res[0], res[1], "parent", par[0], par[1])
+        for res, subs in self.grants.items():
+            for sub, caps in subs.items():
+                for cap in caps:
+                    yield m.Tuple(res[0], res[1], "grant", sub[0], sub[1], cap)

@@ -1,0 +1,68 @@
+"""Wiring of the authz service: configuration, database, servicers, kit server.
+
+Checks are answered from the in-memory index (loaded at start, then following
+the change log); writes go through the store and return a revision.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import grpc
+
+from gatehouse.authz.v1 import authz_service_pb2_grpc
+from gatehouse.kit.app import Runtime, run_service
+from gatehouse.kit.config import ConfigError, Settings
+from gatehouse.kit.db import Database
+from gatehouse.kit.migrations import migrate_on_start
+from gatehouse.kit.server import ServiceSpec
+from gatehouse_authz.adapters.follower import Follower
+from gatehouse_authz.adapters.store import Store
+from gatehouse_authz.api.servicer import AuthzServicer
+from gatehouse_authz.domain.catalog import CatalogError, load_catalog
+from gatehouse_authz.domain.index import Index
+
+SERVICE = "authz"
+SERVICE_NAMES = ("gatehouse.authz.v1.AuthzService",)
+PUBLIC_METHODS = frozenset()
+MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
+
+
+CATALOG_VARIABLE = "GATEHOUSE_AUTHZ_CATALOG"
+
+
+def load_configured_catalog(environ=os.environ):
+    """The catalog file from GATEHOUSE_AUTHZ_CATALOG (or the shipped default), validated."""
+    path = environ.get(CATALOG_VARIABLE) or None
+    try:
+        return load_catalog(path)
+    except CatalogError as exc:
+        raise ConfigError(f"{CATALOG_VARIABLE}: {exc}") from None
+
+
+def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
+    catalog = load_configured_catalog()
+    db = Database(settings.database_url)
+    store = Store(db)
+    index = Index(catalog)
+    follower = Follower(store, index)
+    servicer = AuthzServicer(index, store, follower)
+
+    def register(server: grpc.aio.Server) -> None:
+        authz_service_pb2_grpc.add_AuthzServiceServicer_to_server(servicer, server)
+
+    return ServiceSpec(
+        name=SERVICE,
+        service_names=SERVICE_NAMES,
+        register=register,
+        public_methods=PUBLIC_METHODS,
+        on_start=[migrate_on_start(MIGRATIONS, settings.database_url), follower.load],
+        background=[follower.run],
+        on_stop=[db.dispose],
+        depends_on=("identity",),
+    )
+
+
+def main() -> None:
+    run_service(SERVICE, build)
