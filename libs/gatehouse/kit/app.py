@@ -25,6 +25,7 @@ class Runtime:
         self.settings = settings
         self.telemetry = setup_telemetry(settings.service, settings.otel_exporter, settings.otel_endpoint)
         self._client_interceptors = client_interceptors(self.telemetry)
+        self._tokens = None
 
     def channel(self, peer: str):
         """A grpc.aio channel to a peer service, with trace propagation."""
@@ -33,6 +34,19 @@ class Runtime:
         return grpc.aio.insecure_channel(
             self.settings.address_of(peer), interceptors=list(self._client_interceptors)
         )
+
+    def service_tokens(self):
+        """This service's bearer-token source for calls to authz and audit (one per process)."""
+        if self._tokens is None:
+            from gatehouse.kit.service_auth import ServiceTokenSource, identity_token_fetch, load_credentials
+
+            settings = self.settings
+            self._tokens = ServiceTokenSource(
+                identity_token_fetch(
+                    self.channel("identity"), lambda: load_credentials(settings.data_dir, settings.service)
+                )
+            )
+        return self._tokens
 
     def server_interceptors(self):
         from gatehouse.kit.telemetry import ServerTelemetryInterceptor

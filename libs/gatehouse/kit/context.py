@@ -43,9 +43,31 @@ bearer_token_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+@dataclass(frozen=True)
+class ClientInfo:
+    """Where an end-user call came from, as the gateway forwarded it (empty for direct gRPC)."""
+
+    address: str = ""
+    user_agent: str = ""
+
+
+# Metadata keys the HTTP gateway sets on the calls it forwards.
+CLIENT_ADDRESS_KEY = "x-forwarded-for"
+CLIENT_USER_AGENT_KEY = "x-gatehouse-user-agent"
+
+NO_CLIENT_INFO = ClientInfo()
+client_info_var: contextvars.ContextVar[ClientInfo | None] = contextvars.ContextVar(
+    "gatehouse_client_info", default=None
+)
+
+
 def current_principal() -> Principal | None:
     return principal_var.get()
 
 
 def current_request_id() -> str | None:
     return request_id_var.get()
+
+
+def current_client_info() -> ClientInfo:
+    return client_info_var.get() or NO_CLIENT_INFO

@@ -17,7 +17,16 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from gatehouse.kit import errors
-from gatehouse.kit.context import Principal, bearer_token_var, principal_var, request_id_var
+from gatehouse.kit.context import (
+    CLIENT_ADDRESS_KEY,
+    CLIENT_USER_AGENT_KEY,
+    ClientInfo,
+    Principal,
+    bearer_token_var,
+    client_info_var,
+    principal_var,
+    request_id_var,
+)
 from gatehouse.kit.grpc_util import metadata_value, wrap_handler
 from gatehouse.kit.ids import new_id
 from gatehouse.kit.status import to_grpc_status, to_rpc_status
@@ -60,6 +69,10 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
             incoming = metadata_value(context, REQUEST_ID_KEY)
             request_id = incoming if _valid_request_id(incoming) else new_id()
             token = request_id_var.set(request_id)
+            forwarded = (metadata_value(context, CLIENT_ADDRESS_KEY) or "").split(",")[0].strip()
+            client_token = client_info_var.set(
+                ClientInfo(forwarded[:200], (metadata_value(context, CLIENT_USER_AGENT_KEY) or "")[:500])
+            )
             trailer = ((REQUEST_ID_KEY, request_id),)
             context.set_trailing_metadata(trailer)
             started = time.perf_counter()
@@ -100,6 +113,7 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
                     },
                 )
                 request_id_var.reset(token)
+                client_info_var.reset(client_token)
 
         return wrap_handler(handler, scope)
 
