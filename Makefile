@@ -60,6 +60,10 @@ test: $(STAMP_GEN) lint ## run every test (SQLite and PostgreSQL)
 test-fast: $(STAMP_GEN) ## tests without lint and without the stack tests
 	$(PY) -m pytest -m 'not stack'
 
+bench: $(STAMP_GEN) ## run every benchmark in bench/ (prints figures; recorded in docs/)
+	$(PY) scripts/ensure_postgres.py
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
 clean: ## remove the virtualenv, generated code and local data
 	rm -rf $(VENV) build .gatehouse $(STAMP_GEN) libs/gatehouse/_descriptors.binpb \
 		libs/gatehouse/identity libs/gatehouse/tenancy libs/gatehouse/authz libs/gatehouse/audit libs/gatehouse/type
