@@ -1,32 +1,69 @@
-"""Wiring of the audit service: configuration, database, servicers, kit server.
-
-Every RPC of the contract is served; those not built yet answer UNIMPLEMENTED
-(the generated base servicer), never fake data.
-"""
+"""Wiring of the audit service: configuration, keys, database, servicer, purge job, kit server."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pathlib
 
 import grpc
 
 from gatehouse.audit.v1 import audit_service_pb2_grpc
 from gatehouse.kit.app import Runtime, run_service
+from gatehouse.kit.authz_guard import AuthzGuard
 from gatehouse.kit.config import Settings
+from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import migrate_on_start
 from gatehouse.kit.server import ServiceSpec
+from gatehouse_audit.adapters.config import AuditConfig
+from gatehouse_audit.adapters.store import AuditStore
+from gatehouse_audit.api.access import Access
+from gatehouse_audit.api.servicer import AuditServicer
+from gatehouse_audit.domain.usecases import Audit
 
 SERVICE = "audit"
 SERVICE_NAMES = ("gatehouse.audit.v1.AuditService",)
 PUBLIC_METHODS = frozenset()
 MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
 
+log = logging.getLogger("gatehouse.audit")
 
-def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
+
+def purge_job(audit: Audit, interval: float):
+    """The background task: purge every chain past its retention, every ``interval`` seconds."""
+
+    async def run() -> None:
+        while True:
+            try:
+                removed = await audit.purge_expired()
+                if removed:
+                    log.info(
+                        "retention purge removed %s events", sum(removed.values()), extra={"removed": removed}
+                    )
+            except Exception:
+                log.exception("retention purge failed; retrying next interval")
+            await asyncio.sleep(interval)
+
+    return run
+
+
+def build(settings: Settings, runtime: Runtime, *, environ=None, token_source=None) -> ServiceSpec:
+    """The audit service; ``environ`` (keys, retention) and ``token_source`` (authz calls) default to
+    the process environment and the service's own credentials."""
+    config = AuditConfig.load(settings.data_dir, environ)
+    db = Database(settings.database_url)
+    audit = Audit(
+        AuditStore(db, config.chain_key), config.chain_key, config.signer, config.default_retention_days
+    )
+    guard = AuthzGuard(
+        runtime.channel("authz"),
+        timeout=settings.authz_timeout,
+        token_source=token_source or runtime.service_tokens(),
+    )
+    servicer = AuditServicer(audit, Access(guard))
+
     def register(server: grpc.aio.Server) -> None:
-        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            audit_service_pb2_grpc.AuditServiceServicer(), server
-        )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(servicer, server)
 
     return ServiceSpec(
         name=SERVICE,
@@ -34,6 +71,8 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         register=register,
         public_methods=PUBLIC_METHODS,
         on_start=[migrate_on_start(MIGRATIONS, settings.database_url)],
+        background=[purge_job(audit, config.purge_interval)],
+        on_stop=[db.dispose],
         depends_on=("identity",),
     )
 

@@ -1,0 +1,303 @@
+"""Audit storage: idempotent chained ingest, keyset reads, chain walks, purge.
+
+Concurrency of the chains: every transaction that appends to a chain first
+makes sure the chain's head row exists (``INSERT … ON CONFLICT DO NOTHING``)
+and then locks it (``SELECT … FOR UPDATE``, in organization order so two
+batches never deadlock). On PostgreSQL the row lock serializes appenders of one
+chain while other chains proceed; the duplicate check runs *after* the lock, so
+two relays racing with the same batch store each event once. On SQLite the
+first statement of the transaction is a write, which takes the database's
+write lock before anything is read (and a process-wide lock avoids busy waits).
+Sequences are therefore gapless and assigned in the order events are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import fields
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from gatehouse.kit.db import Database
+from gatehouse_audit.adapters.tables import chains, events, retention
+from gatehouse_audit.domain.chain import GENESIS, ChainKey
+from gatehouse_audit.domain.model import ChainState, Event, EventFilter, IngestResult
+from gatehouse_audit.domain.retention import retention_days_of
+
+EVENT_FIELDS = [f.name for f in fields(Event)]
+PAGE = 1000
+
+
+def _event(row) -> Event:
+    return Event(**{name: row._mapping[name] for name in EVENT_FIELDS})
+
+
+def _state(row) -> ChainState:
+    m = row._mapping
+    return ChainState(
+        m["organization_id"],
+        m["head_sequence"],
+        m["head_hash"],
+        m["anchor_sequence"],
+        m["anchor_hash"],
+        m["anchor_mac"],
+    )
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class AuditStore:
+    def __init__(self, db: Database, key: ChainKey):
+        self.db = db
+        self.key = key
+        self._insert = postgresql.insert if db.is_postgres else sqlite.insert
+        self._write_lock = asyncio.Lock() if not db.is_postgres else None
+
+    # ---- appending ----------------------------------------------------------
+    async def ingest(self, batch: Sequence[Event]) -> IngestResult:
+        """Store the events not stored yet (by id), chained; idempotent under concurrency."""
+        for attempt in range(3):
+            try:
+                async with self._serialized(), self.db.unit_of_work() as uow:
+                    result = await self._append(uow.session, batch)
+                    await uow.commit()
+                    return result
+            except IntegrityError:
+                # An id stored concurrently under another chain's lock: the retry sees it as a duplicate.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _serialized(self):
+        return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
+
+    async def _lock_heads(self, session, orgs: list[str]) -> dict[str, ChainState]:
+        empty = [
+            {
+                "organization_id": org,
+                "head_sequence": 0,
+                "head_hash": GENESIS,
+                "anchor_sequence": 0,
+                "anchor_hash": b"",
+                "anchor_mac": b"",
+            }
+            for org in orgs
+        ]
+        await session.execute(self._insert(chains).values(empty).on_conflict_do_nothing())
+        rows = await session.execute(
+            sa.select(chains)
+            .where(chains.c.organization_id.in_(orgs))
+            .order_by(chains.c.organization_id)
+            .with_for_update()
+        )
+        return {r.organization_id: _state(r) for r in rows}
+
+    async def _append(self, session, batch: Sequence[Event]) -> IngestResult:
+        unique: dict[str, Event] = {}
+        for event in batch:
+            unique.setdefault(event.id, event)
+        if not unique:
+            return IngestResult(0, 0)
+        heads = await self._lock_heads(session, sorted({e.organization_id for e in unique.values()}))
+        existing = set(
+            (await session.execute(sa.select(events.c.id).where(events.c.id.in_(list(unique))))).scalars()
+        )
+        fresh = [e for i, e in unique.items() if i not in existing]
+        stamp = now_us()
+        tips = {org: (s.head_sequence, s.head_hash) for org, s in heads.items()}
+        settings: dict[str, tuple[int, str]] = {}
+        for event in fresh:
+            sequence, prev = tips[event.organization_id]
+            event.sequence, event.ingest_us = sequence + 1, stamp
+            self.key.link(event, prev)
+            tips[event.organization_id] = (event.sequence, event.hash)
+            days = retention_days_of(event)
+            if days is not None:
+                settings[event.organization_id] = (days, event.id)
+        if fresh:
+            await session.execute(events.insert(), [{n: getattr(e, n) for n in EVENT_FIELDS} for e in fresh])
+            changed = [
+                {"b_org": org, "b_seq": seq, "b_hash": h}
+                for org, (seq, h) in tips.items()
+                if seq != heads[org].head_sequence
+            ]
+            await session.execute(
+                chains.update()
+                .where(chains.c.organization_id == sa.bindparam("b_org"))
+                .values(head_sequence=sa.bindparam("b_seq"), head_hash=sa.bindparam("b_hash")),
+                changed,
+            )
+        for org, (days, event_id) in settings.items():
+            stmt = self._insert(retention).values(
+                organization_id=org, retention_days=days, source_event_id=event_id
+            )
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[retention.c.organization_id],
+                    set_={"retention_days": days, "source_event_id": event_id},
+                )
+            )
+        return IngestResult(len(fresh), len(batch) - len(fresh), [e.id for e in fresh])
+
+    # ---- reading ------------------------------------------------------------
+    @staticmethod
+    def _where(f: EventFilter) -> list:
+        conds = []
+        if f.organization_ids is not None:
+            ids = list(f.organization_ids)
+            conds.append(
+                events.c.organization_id == ids[0] if len(ids) == 1 else events.c.organization_id.in_(ids)
+            )
+        if f.workspace_id:
+            conds.append(events.c.workspace_id == f.workspace_id)
+        if f.actor_id:
+            conds.append(events.c.actor_id == f.actor_id)
+        if f.action_prefix:
+            conds.append(events.c.action.startswith(f.action_prefix, autoescape=True))
+        if f.outcome:
+            conds.append(events.c.outcome == f.outcome)
+        if f.start_us is not None:
+            conds.append(events.c.occur_us >= f.start_us)
+        if f.end_us is not None:
+            conds.append(events.c.occur_us < f.end_us)
+        return conds
+
+    async def list(
+        self, f: EventFilter, limit: int, after: tuple[int, str] | None = None, *, newest_first: bool = True
+    ) -> list[Event]:
+        """Up to ``limit`` matching events after the keyset position ``after`` = (occur_us, id)."""
+        conds = self._where(f)
+        key = sa.tuple_(events.c.occur_us, events.c.id)
+        if after is not None:
+            conds.append(key < sa.tuple_(*after) if newest_first else key > sa.tuple_(*after))
+        order = (
+            [events.c.occur_us.desc(), events.c.id.desc()]
+            if newest_first
+            else [events.c.occur_us.asc(), events.c.id.asc()]
+        )
+        async with self.db.unit_of_work() as uow:
+            rows = await uow.session.execute(sa.select(events).where(*conds).order_by(*order).limit(limit))
+            return [_event(r) for r in rows]
+
+    async def stream(self, f: EventFilter, page: int = 500) -> AsyncIterator[list[Event]]:
+        """Every matching event oldest first, one page (one query) at a time: constant memory."""
+        after = None
+        while True:
+            batch = await self.list(f, page, after, newest_first=False)
+            if batch:
+                yield batch
+            if len(batch) < page:
+                return
+            after = (batch[-1].occur_us, batch[-1].id)
+
+    async def get(self, event_id: str) -> Event | None:
+        async with self.db.unit_of_work() as uow:
+            row = (await uow.session.execute(sa.select(events).where(events.c.id == event_id))).first()
+            return _event(row) if row else None
+
+    async def chain_state(self, org: str) -> ChainState | None:
+        async with self.db.unit_of_work() as uow:
+            row = (
+                await uow.session.execute(sa.select(chains).where(chains.c.organization_id == org))
+            ).first()
+            return _state(row) if row else None
+
+    async def chain_ids(self) -> list[str]:
+        async with self.db.unit_of_work() as uow:
+            return list((await uow.session.execute(sa.select(chains.c.organization_id))).scalars())
+
+    async def walk(self, org: str, first: int, last: int) -> AsyncIterator[Event]:
+        """Events of one chain with first ≤ sequence ≤ last, in order, a page per query."""
+        position = first
+        while position <= last:
+            async with self.db.unit_of_work() as uow:
+                rows = (
+                    await uow.session.execute(
+                        sa.select(events)
+                        .where(
+                            events.c.organization_id == org,
+                            events.c.sequence >= position,
+                            events.c.sequence <= last,
+                        )
+                        .order_by(events.c.sequence)
+                        .limit(PAGE)
+                    )
+                ).all()
+            for row in rows:
+                yield _event(row)
+            if len(rows) < PAGE:
+                return
+            position = rows[-1].sequence + 1
+
+    async def event_at(self, org: str, sequence: int) -> Event | None:
+        async with self.db.unit_of_work() as uow:
+            row = (
+                await uow.session.execute(
+                    sa.select(events).where(events.c.organization_id == org, events.c.sequence == sequence)
+                )
+            ).first()
+            return _event(row) if row else None
+
+    async def retention_days(self) -> dict[str, int]:
+        async with self.db.unit_of_work() as uow:
+            rows = await uow.session.execute(
+                sa.select(retention.c.organization_id, retention.c.retention_days)
+            )
+            return {r.organization_id: r.retention_days for r in rows}
+
+    # ---- retention ----------------------------------------------------------
+    async def purge(self, org: str, cutoff_us: int, record, max_events: int = 100_000) -> tuple[int, int]:
+        """Remove the oldest events of ``org`` stored before ``cutoff_us``, keep an anchor.
+
+        Removes a prefix of the chain (at most ``max_events``; the next run goes
+        on), sets the anchor to the last removed event's sequence and hash (MACed
+        with the chain key), and appends ``record(removed, through_sequence)`` —
+        the purge's own event — in the same transaction. Returns (removed, through).
+        """
+        async with self._serialized(), self.db.unit_of_work() as uow:
+            s = uow.session
+            head = (await self._lock_heads(s, [org]))[org]
+            keep_from = (
+                await s.execute(
+                    sa.select(sa.func.min(events.c.sequence)).where(
+                        events.c.organization_id == org, events.c.ingest_us >= cutoff_us
+                    )
+                )
+            ).scalar()
+            limit = (keep_from - 1) if keep_from is not None else head.head_sequence
+            through = min(limit, head.anchor_sequence + max_events)
+            if through <= head.anchor_sequence:
+                return 0, head.anchor_sequence
+            last = (
+                await s.execute(
+                    sa.select(events.c.hash).where(
+                        events.c.organization_id == org, events.c.sequence == through
+                    )
+                )
+            ).scalar()
+            if last is None:  # the chain is already broken there; never purge over a gap
+                return 0, head.anchor_sequence
+            removed = (
+                await s.execute(
+                    events.delete().where(events.c.organization_id == org, events.c.sequence <= through)
+                )
+            ).rowcount
+            await s.execute(
+                chains.update()
+                .where(chains.c.organization_id == org)
+                .values(
+                    anchor_sequence=through,
+                    anchor_hash=last,
+                    anchor_mac=self.key.anchor_mac(org, through, last),
+                )
+            )
+            await self._append(s, [record(removed, through)])
+            await uow.commit()
+            return removed, through

@@ -1,0 +1,131 @@
+"""Proto <-> domain converters of the audit API (with ingest validation)."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from gatehouse.audit.v1 import audit_event_pb2 as epb
+from gatehouse.kit.errors import ErrorCollector
+from gatehouse_audit.domain.chain import canonical_details
+from gatehouse_audit.domain.model import ACTOR_TYPES, Event, EventFilter
+
+# (field path, getter, max length, required) of the string fields of an ingested event
+_STRINGS = [
+    ("id", lambda e: e.id, 64, True),
+    ("service", lambda e: e.service, 64, True),
+    ("action", lambda e: e.action, 200, True),
+    ("actor.id", lambda e: e.actor.id, 128, False),
+    ("actor.display", lambda e: e.actor.display, 500, False),
+    ("organization_id", lambda e: e.organization_id, 64, False),
+    ("workspace_id", lambda e: e.workspace_id, 64, False),
+    ("target.type", lambda e: e.target.type, 64, False),
+    ("target.id", lambda e: e.target.id, 200, False),
+    ("reason", lambda e: e.reason, 1000, False),
+    ("request_id", lambda e: e.request_id, 200, False),
+    ("trace_id", lambda e: e.trace_id, 64, False),
+    ("source_address", lambda e: e.source_address, 200, False),
+    ("user_agent", lambda e: e.user_agent, 500, False),
+]
+MAX_DETAILS = 64_000
+
+
+def to_us(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def from_us(us: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def outcome_name(value: int) -> str:
+    return epb.Outcome.Name(value).removeprefix("OUTCOME_") if value else ""
+
+
+def event_from_pb(e: epb.AuditEvent, where: str, errs: ErrorCollector) -> Event:
+    """A domain event from an ingested message; every bad field goes to ``errs``."""
+    for name, get, limit, required in _STRINGS:
+        value = get(e)
+        if required and not value:
+            errs.add(f"{where}.{name}", "is required")
+        elif len(value) > limit:
+            errs.add(f"{where}.{name}", f"must be at most {limit} characters")
+    if e.action and "." not in e.action:
+        errs.add(f"{where}.action", "must be dotted, e.g. tenancy.workspace.delete")
+    if not e.HasField("occur_time") or (e.occur_time.seconds <= 0 and e.occur_time.nanos <= 0):
+        errs.add(f"{where}.occur_time", "is required")
+    if e.actor.type not in ACTOR_TYPES:
+        errs.add(f"{where}.actor.type", f"must be one of {', '.join(ACTOR_TYPES)}")
+    if e.outcome not in (epb.OUTCOME_SUCCESS, epb.OUTCOME_DENIED, epb.OUTCOME_FAILURE):
+        errs.add(f"{where}.outcome", "must be SUCCESS, DENIED or FAILURE")
+    details = canonical_details(json_format.MessageToDict(e.details)) if e.HasField("details") else "{}"
+    if len(details) > MAX_DETAILS:
+        errs.add(f"{where}.details", f"must be at most {MAX_DETAILS} characters as JSON")
+    return Event(
+        id=e.id,
+        occur_us=to_us(e.occur_time),
+        service=e.service,
+        action=e.action,
+        actor_type=e.actor.type,
+        actor_id=e.actor.id,
+        actor_display=e.actor.display,
+        organization_id=e.organization_id,
+        workspace_id=e.workspace_id,
+        target_type=e.target.type,
+        target_id=e.target.id,
+        outcome=outcome_name(e.outcome),
+        reason=e.reason,
+        request_id=e.request_id,
+        trace_id=e.trace_id,
+        source_address=e.source_address,
+        user_agent=e.user_agent,
+        details=details,
+    )
+
+
+def event_to_pb(e: Event) -> epb.AuditEvent:
+    message = epb.AuditEvent(
+        id=e.id,
+        occur_time=from_us(e.occur_us),
+        service=e.service,
+        action=e.action,
+        actor=epb.Actor(type=e.actor_type, id=e.actor_id, display=e.actor_display),
+        organization_id=e.organization_id,
+        workspace_id=e.workspace_id,
+        target=epb.Target(type=e.target_type, id=e.target_id),
+        outcome=epb.Outcome.Value(f"OUTCOME_{e.outcome}"),
+        reason=e.reason,
+        request_id=e.request_id,
+        trace_id=e.trace_id,
+        source_address=e.source_address,
+        user_agent=e.user_agent,
+        sequence=e.sequence,
+        hash=e.hash,
+        ingest_time=from_us(e.ingest_us),
+    )
+    details = json.loads(e.details)
+    if details:
+        struct = struct_pb2.Struct()
+        struct.update(details)
+        message.details.CopyFrom(struct)
+    return message
+
+
+def filter_from_pb(f, errs: ErrorCollector) -> EventFilter:
+    """The caller's filter (organization scope is decided by the access rules, not here)."""
+    if f.outcome and f.outcome not in (epb.OUTCOME_SUCCESS, epb.OUTCOME_DENIED, epb.OUTCOME_FAILURE):
+        errs.add("filter.outcome", "is not a known outcome")
+    start = to_us(f.start_time) if f.HasField("start_time") else None
+    end = to_us(f.end_time) if f.HasField("end_time") else None
+    if start is not None and end is not None and end <= start:
+        errs.add("filter.end_time", "must be after start_time")
+    return EventFilter(
+        organization_ids=(f.organization_id,) if f.organization_id else None,
+        workspace_id=f.workspace_id,
+        actor_id=f.actor_id,
+        action_prefix=f.action_prefix,
+        outcome=outcome_name(f.outcome) if f.outcome in epb.Outcome.values() else "",
+        start_us=start,
+        end_us=end,
+    )
