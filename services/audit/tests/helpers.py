@@ -59,4 +59,36 @@ def make_audit(url: str, env: dict[str, str], data_dir: pathlib.Path) -> tuple[A
     return Audit(store, config.chain_key, config.signer, config.default_retention_days), db
 
 
-__all__ = ["domain_events", "event", "generate_keys_env", "make_audit", "migrate"]
+__all__ = ["domain_events", "event", "generate_keys_env", "make_audit", "migrate", "start_audit"]
+
+
+async def start_audit(
+    tmp_path, database_url: str, mint, keys: dict[str, str], *, authz_port: int = 1, port: int = 0
+):
+    """A real audit server (port 0 unless given) trusting ``mint``'s tokens, asking authz at ``authz_port``."""
+    from gatehouse.kit.app import build_server
+    from gatehouse.testing.servers import settings_for
+    from gatehouse_audit.server import build
+
+    settings = settings_for(
+        tmp_path,
+        service="audit",
+        database_url=database_url,
+        authz_address=f"127.0.0.1:{authz_port}",
+        listen_address=f"127.0.0.1:{port}",
+    )
+    service_token = mint.service("audit")
+
+    async def token() -> str:
+        return service_token
+
+    def with_test_tokens(settings, runtime):
+        spec = build(settings, runtime, environ=keys, token_source=token)
+        spec.verifier = mint.verifier  # tokens signed by the test's key (identity is not running here)
+        spec.depends_on = ()
+        return spec
+
+    server = build_server(settings, with_test_tokens)
+    bound = await server.start()
+    await server.wait_started()
+    return server, bound

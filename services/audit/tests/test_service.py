@@ -1,0 +1,295 @@
+"""AuditService through real servers (audit + authz), on SQLite and PostgreSQL, with real tokens."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from gatehouse.audit.v1 import audit_event_pb2 as epb
+from gatehouse.audit.v1 import audit_service_pb2 as pb
+from gatehouse.audit.v1 import audit_service_pb2_grpc
+from gatehouse.authz.v1 import authz_service_pb2 as apb
+from gatehouse.authz.v1 import authz_service_pb2_grpc
+from gatehouse.kit.db import Database
+from gatehouse.kit.status import bad_request, error_info
+from gatehouse.testing.db import make_database_url
+from gatehouse.testing.tokens import TokenMint
+from gatehouse_audit.adapters.tables import events as events_table
+from gatehouse_audit.domain.usecases import READ_ACTION
+from services.audit.tests.helpers import event, generate_keys_env, start_audit
+from services.authz.tests.test_service import active, start_authz, touch
+
+RELATIONSHIPS = [
+    "workspace:wa1#parent@organization:A",
+    "workspace:wa2#parent@organization:A",
+    "workspace:wb1#parent@organization:B",
+    "organization:A#admin@user:org_admin_a",
+    "organization:B#admin@user:org_admin_b",
+    "workspace:wa1#admin@user:ws_admin",
+    "workspace:wa1#viewer@user:viewer",
+    "platform:platform#security_auditor@user:auditor",
+    "platform:platform#platform_admin@user:root",
+]
+MEMBERS = [("A", "org_admin_a"), ("B", "org_admin_b"), ("A", "ws_admin"), ("A", "viewer")]
+
+
+@pytest.fixture
+async def stack(tmp_path, database_url, request):
+    """authz (own database) + audit, the relationships above, and a seeded trail."""
+    mint = TokenMint()
+    cleanups: list = []
+    authz_url = make_database_url(request.node.callspec.params["database_url"], tmp_path, "authz", cleanups)
+    authz, authz_port = await start_authz(tmp_path, authz_url, mint, name="authz")
+    keys = generate_keys_env()
+    audit, port = await start_audit(tmp_path / "audit", database_url, mint, keys, authz_port=authz_port)
+    svc = mint.md(mint.service("tenancy"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{authz_port}") as channel:
+        await authz_service_pb2_grpc.AuthzServiceStub(channel).WriteRelationships(
+            apb.WriteRelationshipsRequest(updates=touch(*RELATIONSHIPS) + [active(o, u) for o, u in MEMBERS]),
+            metadata=svc,
+        )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+    trail = {
+        "wa1": [event("A", "wa1") for _ in range(30)],
+        "wa2": [event("A", "wa2", action="identity.login.failed", outcome="FAILURE") for _ in range(20)],
+        "A": [event("A", actor="u-9") for _ in range(10)],
+        "B": [event("B", "wb1") for _ in range(15)],
+        "platform": [event("", action="identity.user.create") for _ in range(5)],
+    }
+    everything = [e for group in trail.values() for e in group]
+    answer = await stub.IngestEvents(pb.IngestEventsRequest(events=everything), metadata=svc)
+    assert (answer.accepted_count, answer.duplicate_count) == (80, 0)
+
+    def user(name):
+        return mint.md(mint.user(name))
+
+    yield stub, user, svc, trail, {"audit": audit, "authz": authz, "db": database_url}
+    await channel.close()
+    await audit.stop(0)
+    await authz.stop(0)
+    for cleanup in cleanups:
+        cleanup()
+
+
+async def list_all(stub, md, page_size=7, **filter_fields):
+    ids, token, pages = [], "", 0
+    while pages < 100:
+        answer = await stub.ListEvents(
+            pb.ListEventsRequest(
+                filter=pb.EventFilter(**filter_fields), page_size=page_size, page_token=token
+            ),
+            metadata=md,
+        )
+        ids += [e.id for e in answer.events]
+        token, pages = answer.next_page_token, pages + 1
+        if not token:
+            return ids
+    raise AssertionError("pagination did not end")
+
+
+def ids_of(*groups):
+    return {e.id for group in groups for e in group}
+
+
+async def denied(call, code=grpc.StatusCode.PERMISSION_DENIED):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    return info.value
+
+
+async def test_each_reader_sees_exactly_its_scope(stack):
+    stub, user, _, trail, _ = stack
+    # organization admin: the whole organization, newest first, every page, nothing twice
+    listed = await list_all(stub, user("org_admin_a"), organization_id="A")
+    assert len(listed) == 60 and set(listed) == ids_of(trail["wa1"], trail["wa2"], trail["A"])
+    answer = await stub.ListEvents(
+        pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A"), page_size=60),
+        metadata=user("org_admin_a"),
+    )
+    times = [(e.occur_time.ToMicroseconds(), e.id) for e in answer.events]
+    assert times == sorted(times, reverse=True)
+    # ... and never another organization's, whatever the filter
+    await denied(
+        stub.ListEvents(
+            pb.ListEventsRequest(filter=pb.EventFilter(organization_id="B")), metadata=user("org_admin_a")
+        )
+    )
+    await denied(stub.ListEvents(pb.ListEventsRequest(filter=pb.EventFilter()), metadata=user("org_admin_a")))
+    assert await list_all(stub, user("org_admin_a"), organization_id="A", workspace_id="wb1") == []
+    # workspace admin: the workspace only
+    assert set(await list_all(stub, user("ws_admin"), organization_id="A", workspace_id="wa1")) == ids_of(
+        trail["wa1"]
+    )
+    assert set(await list_all(stub, user("ws_admin"), workspace_id="wa1")) == ids_of(trail["wa1"])
+    assert await list_all(stub, user("ws_admin"), organization_id="B", workspace_id="wa1") == []
+    await denied(
+        stub.ListEvents(
+            pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A")), metadata=user("ws_admin")
+        )
+    )
+    await denied(
+        stub.ListEvents(
+            pb.ListEventsRequest(filter=pb.EventFilter(workspace_id="wa2")), metadata=user("ws_admin")
+        )
+    )
+    # a workspace viewer, a stranger, a service account: nothing
+    for md in (user("viewer"), user("nobody"), stack[2]):
+        err = await denied(
+            stub.ListEvents(
+                pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A", workspace_id="wa1")),
+                metadata=md,
+            )
+        )
+        assert error_info(err).reason == "CAPABILITY_DENIED"
+
+
+async def test_platform_readers_see_everything_and_are_audited(stack):
+    stub, user, _, trail, _ = stack
+    for reader in ("auditor", "root"):
+        listed = await list_all(stub, user(reader), page_size=25)
+        reads = [e for e in listed if e not in ids_of(*trail.values())]
+        assert set(listed) - set(reads) == ids_of(*trail.values())
+        assert len(reads) >= 1  # the read itself, recorded before it ran
+    b_only = await list_all(stub, user("auditor"), organization_id="B")
+    assert set(b_only) == ids_of(trail["B"])
+    platform = await stub.ListEvents(
+        pb.ListEventsRequest(filter=pb.EventFilter(action_prefix=READ_ACTION), page_size=100),
+        metadata=user("root"),
+    )
+    readers = [(e.actor.id, e.organization_id, e.details["rpc"]) for e in platform.events]
+    assert ("auditor", "", "ListEvents") in readers and ("root", "", "ListEvents") in readers
+    assert any(e.details["organization_id"] == "B" for e in platform.events)
+    # the organization admin does not see the platform's chain
+    assert not {e.id for e in platform.events} & set(
+        await list_all(stub, user("org_admin_a"), organization_id="A")
+    )
+
+
+async def test_get_event_hides_other_tenants(stack):
+    stub, user, _, trail, _ = stack
+    a_event, b_event, wa2_event = trail["wa1"][0], trail["B"][0], trail["wa2"][0]
+    got = await stub.GetEvent(pb.GetEventRequest(event_id=a_event.id), metadata=user("org_admin_a"))
+    assert got.event.id == a_event.id and got.event.sequence >= 1 and len(got.event.hash) == 32
+    assert got.event.details["name"]["new"] == "b" and got.event.actor.display == "u-1@example.com"
+    assert (await stub.GetEvent(pb.GetEventRequest(event_id=a_event.id), metadata=user("ws_admin"))).event.id
+    for md, event_id in (
+        (user("org_admin_a"), b_event.id),
+        (user("ws_admin"), wa2_event.id),
+        (user("org_admin_b"), a_event.id),
+        (user("org_admin_a"), "no-such-id"),
+    ):
+        await denied(
+            stub.GetEvent(pb.GetEventRequest(event_id=event_id), metadata=md), grpc.StatusCode.NOT_FOUND
+        )
+    assert (await stub.GetEvent(pb.GetEventRequest(event_id=b_event.id), metadata=user("auditor"))).event.id
+
+
+async def test_ingest_rules(stack):
+    stub, user, svc, trail, _ = stack
+    err = await denied(stub.IngestEvents(pb.IngestEventsRequest(events=trail["A"]), metadata=user("root")))
+    assert error_info(err).reason == "SERVICE_ACCOUNT_REQUIRED"
+    await denied(
+        stub.IngestEvents(pb.IngestEventsRequest(events=trail["A"])), grpc.StatusCode.UNAUTHENTICATED
+    )
+    again = await stub.IngestEvents(pb.IngestEventsRequest(events=trail["A"] + trail["B"][:3]), metadata=svc)
+    assert (again.accepted_count, again.duplicate_count) == (0, 13)
+    bad = epb.AuditEvent(id="x", service="tenancy", action="nodots", actor=epb.Actor(type="robot"))
+    err = await denied(
+        stub.IngestEvents(pb.IngestEventsRequest(events=[trail["A"][0], bad]), metadata=svc),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    fields = sorted(v.field for v in bad_request(err).field_violations)
+    assert fields == ["events[1].action", "events[1].actor.type", "events[1].occur_time", "events[1].outcome"]
+    too_many = [event("A") for _ in range(1001)]
+    err = await denied(
+        stub.IngestEvents(pb.IngestEventsRequest(events=too_many), metadata=svc),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert bad_request(err).field_violations[0].field == "events"
+
+
+async def test_page_token_is_bound_to_its_filter(stack):
+    stub, user, _, _, _ = stack
+    first = await stub.ListEvents(
+        pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A"), page_size=5),
+        metadata=user("org_admin_a"),
+    )
+    err = await denied(
+        stub.ListEvents(
+            pb.ListEventsRequest(
+                filter=pb.EventFilter(organization_id="A", workspace_id="wa2"),
+                page_token=first.next_page_token,
+            ),
+            metadata=user("org_admin_a"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert bad_request(err).field_violations[0].field == "page_token"
+
+
+async def test_export_streams_everything_in_scope(stack):
+    stub, user, _, trail, _ = stack
+    received = []
+    async for message in stub.ExportEvents(
+        pb.ExportEventsRequest(filter=pb.EventFilter(organization_id="A", action_prefix="tenancy.")),
+        metadata=user("org_admin_a"),
+    ):
+        received += list(message.events)
+    assert {e.id for e in received} == ids_of(trail["wa1"], trail["A"]) and len(received) == 40
+    times = [(e.occur_time.ToMicroseconds(), e.id) for e in received]
+    assert times == sorted(times)  # oldest first
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.ExportEvents(
+            pb.ExportEventsRequest(filter=pb.EventFilter(organization_id="B")), metadata=user("org_admin_a")
+        ):
+            pass
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_checkpoint_and_verify_detect_an_edit(stack):
+    stub, user, _, trail, servers = stack
+    md = user("org_admin_a")
+    checkpoint = (
+        await stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id="A"), metadata=md)
+    ).checkpoint
+    assert checkpoint.sequence == 60 and len(checkpoint.signature) == 64
+    ok = await stub.VerifyChain(
+        pb.VerifyChainRequest(organization_id="A", checkpoint=checkpoint), metadata=md
+    )
+    assert ok.ok and ok.checked_count == 60
+    await denied(stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id="B"), metadata=md))
+    await denied(stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id=""), metadata=md))
+    assert (
+        await stub.GetCheckpoint(pb.GetCheckpointRequest(), metadata=user("auditor"))
+    ).checkpoint.sequence >= 5
+    victim = trail["wa2"][4]
+    db = Database(servers["db"])
+    try:
+        async with db.unit_of_work() as uow:
+            await uow.session.execute(
+                sa.update(events_table).where(events_table.c.id == victim.id).values(outcome="SUCCESS")
+            )
+            await uow.commit()
+    finally:
+        await db.dispose()
+    bad = await stub.VerifyChain(pb.VerifyChainRequest(organization_id="A"), metadata=md)
+    assert (bad.ok, bad.failure, bad.failed_event_id) == (False, pb.CHAIN_FAILURE_EDITED, victim.id)
+    assert bad.failed_sequence == 35  # stored in batch order: 30 of wa1, then wa2[0..4]
+    forged = pb.VerifyChainRequest(organization_id="A", checkpoint=checkpoint)
+    forged.checkpoint.sequence = 61
+    err = await denied(stub.VerifyChain(forged, metadata=md), grpc.StatusCode.INVALID_ARGUMENT)
+    assert bad_request(err).field_violations[0].field == "checkpoint.signature"
+
+
+async def test_authz_down_fails_closed(stack):
+    stub, user, _, _, servers = stack
+    await servers["authz"].stop(0)
+    await denied(
+        stub.ListEvents(
+            pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A")), metadata=user("org_admin_a")
+        ),
+        grpc.StatusCode.UNAVAILABLE,
+    )
