@@ -128,17 +128,37 @@ async def test_cache_entries_expire(authz):
         pytest.fail("the expired entry was never refreshed")
 
 
+async def _eventually(condition, timeout: float = 5.0) -> bool:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def test_follow_changes_invalidates_without_a_revision(authz):
     import asyncio
 
-    _, make, writer, _ = authz
-    client = make()
+    server, make, writer, _ = authz
+    client = make(timeout=0.3)
     assert not (await client.check("user:bob", "dataset:d", "delete")).allowed
-    follower = asyncio.create_task(client.follow_changes())
+    follower = asyncio.create_task(client.follow_changes(retry_delay=0.05))
     try:
+        assert await _eventually(lambda: client.coherent)
         revision = await writer.write(touch("workspace:w#admin@user:bob"))
         assert await client.wait_for_revision(revision, timeout=5.0)
         assert (await client.check("user:bob", "dataset:d", "delete")).allowed
+        hits = client.cache.hits
+        assert (await client.check("user:bob", "dataset:d", "delete")).allowed
+        assert client.cache.hits == hits + 1  # a live stream keeps the cache in use
+        # authz goes away: the stream breaks and the cached allow is no longer served
+        await server.stop(0)
+        assert await _eventually(lambda: not client.coherent)
+        with pytest.raises(AuthzUnavailable):
+            await client.check("user:bob", "dataset:d", "delete")
     finally:
         follower.cancel()
 

@@ -133,6 +133,18 @@ class AuthzClient:
         self.cache = DecisionCache(cache_ttl, cache_size, clock)
         self._floor = 0
         self._floor_changed = asyncio.Event()
+        self._following = False  # follow_changes() is running
+        self._coherent = False  # ... and its Watch stream is live
+
+    @property
+    def coherent(self) -> bool:
+        """Whether a live Watch stream keeps the cache current (see :meth:`follow_changes`)."""
+        return self._following and self._coherent
+
+    def _cache_usable(self) -> bool:
+        # While following, cached answers are used only as long as the stream is live:
+        # if authz (or the stream) goes away, every check goes to authz, and fails closed.
+        return not self._following or self._coherent
 
     # ---- consistency --------------------------------------------------------
     @property
@@ -220,7 +232,7 @@ class AuthzClient:
         """Whether ``subject`` holds ``capability`` on ``resource``; raises AuthzUnavailable if unsure."""
         required = self._required(at_least_revision)
         key = self._key(subject, resource, capability, required)
-        if use_cache:
+        if use_cache and self._cache_usable():
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
@@ -242,7 +254,8 @@ class AuthzClient:
         items = list(items)
         required = self._required(at_least_revision)
         keys = [self._key(s, r, c, required) for s, r, c in items]
-        results: list[Decision | None] = [self.cache.get(k) if use_cache else None for k in keys]
+        usable = use_cache and self._cache_usable()
+        results: list[Decision | None] = [self.cache.get(k) if usable else None for k in keys]
         missing = [i for i, r in enumerate(results) if r is None]
         for start in range(0, len(missing), MAX_BATCH):
             chunk = missing[start : start + MAX_BATCH]
@@ -427,25 +440,35 @@ class AuthzClient:
         """Follow authz's ``Watch`` stream and raise the floor on every change (runs until cancelled).
 
         With it, a change made anywhere bypasses the cache as soon as the stream
-        delivers it instead of after ``cache_ttl``. Needs a service-account token.
+        delivers it instead of after ``cache_ttl``; and while the stream is down
+        (authz unreachable) the cache is not used at all, so every check asks
+        authz and fails closed. Needs a service-account token.
         """
-        while True:
-            try:
-                since = self._floor
-                if since == 0:
-                    probe = await self._call(
-                        "ReadRelationships",
-                        self._pb.ReadRelationshipsRequest(page_size=1, filter={"resource_type": "platform"}),
+        self._following = True
+        try:
+            while True:
+                try:
+                    since = self._floor
+                    if since == 0:
+                        probe = await self._call(
+                            "ReadRelationships",
+                            self._pb.ReadRelationshipsRequest(
+                                page_size=1, filter={"resource_type": "platform"}
+                            ),
+                        )
+                        since = probe.revision
+                    # Start one revision back so the first message confirms the stream is live.
+                    stream = self.stub.Watch(
+                        self._pb.WatchRequest(since_revision=max(since - 1, 0)),
+                        metadata=await self._metadata(),
                     )
-                    since = probe.revision
-                    self.observe_revision(since)
-                stream = self.stub.Watch(
-                    self._pb.WatchRequest(since_revision=since), metadata=await self._metadata()
-                )
-                async for message in stream:
-                    self.observe_revision(message.revision)
-            except asyncio.CancelledError:
-                raise
-            except (grpc.aio.AioRpcError, errors.GatehouseError) as exc:
-                log.warning("authz watch interrupted (%s); cache falls back to its TTL until it resumes", exc)
-            await asyncio.sleep(retry_delay)
+                    async for message in stream:
+                        self.observe_revision(message.revision)
+                        self._coherent = True
+                except (grpc.aio.AioRpcError, errors.GatehouseError) as exc:
+                    log.warning("authz watch interrupted (%s); checks bypass the cache until it resumes", exc)
+                finally:
+                    self._coherent = False
+                await asyncio.sleep(retry_delay)
+        finally:
+            self._following = False
