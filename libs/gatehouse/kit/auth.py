@@ -5,7 +5,9 @@
 cannot hammer identity, and serving cached keys when identity is unreachable.
 :class:`TokenVerifier` turns a bearer token into a
 :class:`~gatehouse.kit.context.Principal` or raises ``UNAUTHENTICATED``
-(``TOKEN_INVALID`` / ``SESSION_REVOKED``). Only ES256 is accepted: ``alg: none``
+(``TOKEN_INVALID`` / ``SESSION_REVOKED``); :class:`RevocationPoller` feeds it the
+sessions identity revoked (``ListRevocations``), so a revoked session's tokens are
+refused within about one poll interval. Only ES256 is accepted: ``alg: none``
 and HMAC algorithms (the "public key as HMAC secret" confusion) are refused.
 """
 
@@ -96,6 +98,74 @@ class RevocationList:
 
     async def is_revoked(self, session_id: str | None, token_id: str | None = None) -> bool:
         return bool(session_id) and session_id in self._revoked
+
+
+# Returns the revocations after a sequence number as ``(session_id, expires_at_epoch, sequence)``.
+RevocationFetch = Callable[[int], Awaitable[list[tuple[str, float, int]]]]
+
+
+class RevocationPoller:
+    """Keeps a :class:`RevocationList` current by polling identity every ``interval`` seconds.
+
+    Its :meth:`is_revoked` is what :class:`TokenVerifier` takes. The poll loop
+    starts on first use (or with :meth:`start`). Until the first successful poll
+    every verification waits up to ``initial_wait`` seconds and then fails
+    closed with ``UNAVAILABLE`` (a service that never saw the revocations cannot
+    know a token is still good); after that, a failing poll keeps the last known
+    list (logged), so identity being briefly down does not stop every service.
+    """
+
+    def __init__(self, fetch: RevocationFetch, *, interval: float = 1.0, initial_wait: float = 3.0):
+        self.revocations = RevocationList()
+        self._fetch = fetch
+        self._interval = interval
+        self._initial_wait = initial_wait
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.last_success = float("-inf")
+
+    async def poll_once(self) -> int:
+        """Fetch and apply what is new; returns how many entries arrived."""
+        entries = await self._fetch(self.revocations.last_sequence)
+        self.revocations.apply(entries)
+        self.last_success = time.monotonic()
+        self._synced.set()
+        return len(entries)
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.poll_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    log.warning("could not fetch revocations from identity (%s times): %s", failures, exc)
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="gatehouse-revocations")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def is_revoked(self, session_id: str | None, token_id: str | None = None) -> bool:
+        self.start()
+        if not self._synced.is_set():
+            try:
+                await asyncio.wait_for(self._synced.wait(), self._initial_wait)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    "session revocations are not available yet", dependency="identity"
+                ) from None
+        return await self.revocations.is_revoked(session_id, token_id)
 
 
 class TokenVerifier:
