@@ -12,6 +12,7 @@ import pathlib
 import grpc
 
 from gatehouse.authz.v1 import authz_service_pb2_grpc
+from gatehouse.kit import audit_log
 from gatehouse.kit.app import Runtime, run_service
 from gatehouse.kit.config import ConfigError, Settings
 from gatehouse.kit.db import Database
@@ -48,6 +49,9 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
     index = Index(catalog)
     follower = Follower(store, index)
     servicer = AuthzServicer(index, store, follower)
+    # Audit events of every authz write sit in the outbox (same transaction as the write); this relay
+    # delivers them to AuditService/IngestEvents, retrying with back-off while audit is down.
+    relay = audit_log.audit_relay(db, runtime.channel("audit"), runtime.service_tokens())
 
     def register(server: grpc.aio.Server) -> None:
         authz_service_pb2_grpc.add_AuthzServiceServicer_to_server(servicer, server)
@@ -58,7 +62,7 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         register=register,
         public_methods=PUBLIC_METHODS,
         on_start=[migrate_on_start(MIGRATIONS, settings.database_url), follower.load],
-        background=[follower.run],
+        background=[follower.run, relay.run],
         on_stop=[db.dispose],
         depends_on=("identity",),
     )

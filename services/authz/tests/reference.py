@@ -71,7 +71,7 @@ class Reference:
         return {r for r in found if r in rtype.adds}
 
     def denied(self, subject, res, amr):
-        if subject[0] == "user" and self._state("disabled", f"user:{subject[1]}") == "1":
+        if self._state("disabled", f"{subject[0]}:{subject[1]}") == "1":
             return True
         if any(self._state("deleted", f"{r[0]}:{r[1]}") == "1" for r in [res, *self.chain(res)]):
             return True

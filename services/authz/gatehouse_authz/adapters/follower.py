@@ -1,44 +1,65 @@
 """Keeps the in-memory index in step with the change log.
 
-At start the index loads a consistent snapshot; afterwards the follower polls
-the change log by revision (every ``poll_interval``; a read by revision, so no
-change is ever missed) and applies changes in order. Checks that ask for
-``at_least_revision`` wait on it; ``fully_consistent`` catches up first.
+At start the index loads a consistent snapshot. Afterwards one background task
+(:meth:`Follower.run`) reads the change log by revision and applies the
+changes in order. What wakes it:
+
+- on PostgreSQL, ``LISTEN authz_changes``: every write sends ``NOTIFY`` in its
+  transaction (delivered at commit), so a replica applies another replica's
+  write within milliseconds; a slow fallback poll (``fallback_interval``) makes
+  a missed notification (dropped listener connection) a delay, never a missed
+  change — the read is always "every revision after the one I have";
+- on SQLite (one machine, development) polling every ``poll_interval``;
+- a caller waiting for ``at_least_revision`` (it nudges the task at once).
+
+Waiting callers never touch the database themselves: they wait on a condition
+the follower signals after each applied batch, so a cancelled or timed-out call
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from gatehouse.kit import errors
-from gatehouse_authz.adapters.store import Store
+from gatehouse_authz.adapters.store import NOTIFY_CHANNEL, Store
 from gatehouse_authz.domain.index import Index
 
 log = logging.getLogger("gatehouse.authz.follower")
 
 
 class Follower:
-    def __init__(self, store: Store, index: Index, *, poll_interval: float = 0.05):
+    def __init__(
+        self,
+        store: Store,
+        index: Index,
+        *,
+        poll_interval: float = 0.05,
+        fallback_interval: float = 1.0,
+    ):
         self.store = store
         self.index = index
         self.poll_interval = poll_interval
+        self.fallback_interval = fallback_interval
         self._lock = asyncio.Lock()
         self._applied = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._running = False
+        self.listening = False  # True while a LISTEN connection is up (PostgreSQL)
+        self.load_seconds = 0.0
 
     async def load(self) -> None:
         started = time.perf_counter()
         revision, changes = await self.store.snapshot()
         self.index.apply(changes, revision)
-        log.info(
-            "index loaded: %d items at revision %d in %.2fs",
-            len(changes),
-            revision,
-            time.perf_counter() - started,
-        )
+        self.load_seconds = time.perf_counter() - started
+        log.info("index loaded: %d items at revision %d in %.2fs", len(changes), revision, self.load_seconds)
 
     async def catch_up(self) -> int:
+        """Apply every committed change after the index's revision; returns the new revision."""
         async with self._lock:
             while True:
                 batch = await self.store.changes_since(self.index.revision)
@@ -50,26 +71,86 @@ class Follower:
             self._applied.notify_all()
         return self.index.revision
 
+    def kick(self) -> None:
+        """Ask the background task for a catch-up read now."""
+        self._wake.set()
+
     async def wait_for(self, revision: int, timeout: float) -> None:
         """Return once the index applied ``revision``; UNAVAILABLE at the deadline (fail closed)."""
+        if self.index.revision >= revision:
+            return
         deadline = time.monotonic() + timeout
-        while self.index.revision < revision:
+        if not self._running:
+            # No background task (start-up not finished, or a test without one): read ourselves.
             await self.catch_up()
-            if self.index.revision >= revision:
-                return
+        while self.index.revision < revision:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise errors.Unavailable(
                     f"revision {revision} not reached (at {self.index.revision})",
                     reason="REVISION_NOT_REACHED",
-                    metadata={"revision": str(revision)},
+                    metadata={"revision": str(revision), "current_revision": str(self.index.revision)},
                 )
-            await asyncio.sleep(min(self.poll_interval, remaining))
+            self.kick()
+            async with self._applied:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._applied.wait(), min(remaining, max(self.poll_interval, 0.01) * 4)
+                    )
+
+    async def wait_beyond(self, revision: int, timeout: float) -> bool:
+        """Wait until the index is past ``revision`` (for Watch); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.index.revision <= revision:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            async with self._applied:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._applied.wait(), remaining)
+        return True
 
     async def run(self) -> None:
+        """Follow the change log until cancelled."""
+        self._running = True
+        listener = None
+        if self.store.db.is_postgres:
+            listener = asyncio.create_task(self._listen(), name="authz-listen")
+        try:
+            while True:
+                interval = self.fallback_interval if self.listening else self.poll_interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
+                self._wake.clear()
+                try:
+                    await self.catch_up()
+                except Exception:
+                    log.exception("change log read failed")
+                    await asyncio.sleep(self.poll_interval)
+        finally:
+            self._running = False
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(BaseException):
+                    await listener
+
+    async def _listen(self) -> None:
+        """Hold a ``LISTEN`` connection; each notification nudges the follower. Reconnects on failure."""
+        import psycopg
+
+        dsn = self.store.db.url.replace("postgresql+psycopg://", "postgresql://", 1)
         while True:
             try:
-                await self.catch_up()
-            except Exception:
-                log.exception("change log poll failed")
-            await asyncio.sleep(self.poll_interval)
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.listening = True
+                    self.kick()  # anything committed before LISTEN took effect
+                    async for _ in conn.notifies():
+                        self.kick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); polling until it is back", exc)
+            finally:
+                self.listening = False
+            await asyncio.sleep(1.0)

@@ -19,6 +19,7 @@ from gatehouse.kit.db import Database
 from gatehouse_authz.adapters.tables import changelog, meta, relationships, states, write_requests
 from gatehouse_authz.domain import model as m
 
+NOTIFY_CHANNEL = "authz_changes"  # PostgreSQL: every write notifies followers at commit
 TUPLE_FIELDS = ("resource_type", "resource_id", "relation", "subject_type", "subject_id", "capability")
 
 
@@ -147,6 +148,9 @@ class Store:
                 )
             if after_write is not None:
                 await after_write(s, revision)
+            if self.db.is_postgres:
+                # Delivered to every LISTENing replica when (and only if) this transaction commits.
+                await s.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(revision))))
             await uow.commit()
             return revision
 

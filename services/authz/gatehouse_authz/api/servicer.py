@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gatehouse.authz.v1 import authz_service_pb2 as pb
 from gatehouse.authz.v1 import authz_service_pb2_grpc, catalog_pb2, decision_pb2, relationship_pb2
-from gatehouse.kit import errors
+from gatehouse.kit import audit_log, errors
 from gatehouse.kit.errors import ErrorCollector
 from gatehouse.kit.interceptors import require_principal, require_service_account
 from gatehouse.kit.pagination import decode_token, encode_token, page_after, page_size
@@ -21,13 +21,26 @@ STATUS = {
     relationship_pb2.MEMBERSHIP_STATUS_INACTIVE: m.INACTIVE,
 }
 MAX_BATCH = 1000
-DEFAULT_WAIT = 5.0
+DEFAULT_WAIT = 5.0  # seconds a call without a deadline waits for at_least_revision
+DEADLINE_MARGIN = 0.05  # answer UNAVAILABLE this long before the caller's deadline
+AUDIT_DETAIL_LIMIT = 50  # relationships listed in one audit event's details
+SERVICE = "authz"
+WATCH_IDLE = 1.0  # a watcher re-reads the change log at least this often
 
 
 def _ref(msg, field: str, errs: ErrorCollector) -> m.Ref:
     errs.require(bool(msg.type), f"{field}.type", "is required")
     errs.require(bool(msg.id), f"{field}.id", "is required")
     return (msg.type, msg.id)
+
+
+def _subject(msg, field: str, errs: ErrorCollector) -> m.Ref:
+    ref = _ref(msg, field, errs)
+    if msg.type:
+        errs.require(
+            msg.type in m.SUBJECT_TYPES, f"{field}.type", f"must be one of {', '.join(m.SUBJECT_TYPES)}"
+        )
+    return ref
 
 
 def _reason(name: str) -> int:
@@ -41,12 +54,21 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         self.follower = follower
 
     # ---- shared steps -----------------------------------------------------
+    def _is_platform_admin(self, principal) -> bool:
+        """A user principal who is platform_admin and not disabled."""
+        user = ("user", principal.id)
+        return (
+            principal.kind == "user"
+            and self.index.is_platform_admin(user)
+            and f"user:{principal.id}" not in self.index.disabled
+        )
+
     def _authorize_subject(self, subject: m.Ref) -> None:
         """Service accounts may ask about anyone, users about themselves, platform admins about anyone."""
         principal = require_principal()
         if principal.is_service or subject == ("user", principal.id):
             return
-        if self.index.is_platform_admin(("user", principal.id)):
+        if self._is_platform_admin(principal):
             return
         raise errors.PermissionDenied(
             "users may only check their own access",
@@ -58,41 +80,105 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         which = consistency.WhichOneof("requirement")
         if which == "at_least_revision":
             remaining = context.time_remaining()
-            await self.follower.wait_for(
-                consistency.at_least_revision, remaining if remaining else DEFAULT_WAIT
+            # Answer UNAVAILABLE just before the caller's deadline, so it learns why (never a stale allow).
+            wait = (
+                DEFAULT_WAIT
+                if remaining is None
+                else max(0.0, remaining - min(DEADLINE_MARGIN, remaining / 4))
             )
+            await self.follower.wait_for(consistency.at_least_revision, wait)
         elif which == "fully_consistent":
             await self.follower.catch_up()
 
-    def _evaluate(self, fn, *args):
+    def _evaluate(self, fn, *args, field: str = "", type_field: str = "resource.type"):
         try:
             return fn(*args)
         except UnknownType as exc:
-            raise errors.InvalidArgument.field("resource.type", f"unknown resource type {exc}") from None
+            raise errors.InvalidArgument.field(
+                f"{field}{type_field}", f"unknown resource type {exc}"
+            ) from None
         except UnknownCapability as exc:
             raise errors.InvalidArgument.field(
-                "capability", f"unknown capability {exc} for this resource type"
+                f"{field}capability", f"unknown capability {exc} for this resource type"
             ) from None
 
     def _check(self, item: pb.CheckCapabilityRequest, field: str = "") -> pb.CheckCapabilityResponse:
         errs = ErrorCollector()
-        subject = _ref(item.subject, f"{field}subject", errs)
+        subject = _subject(item.subject, f"{field}subject", errs)
         resource = _ref(item.resource, f"{field}resource", errs)
         errs.require(bool(item.capability), f"{field}capability", "is required")
         errs.raise_if_any()
         self._authorize_subject(subject)
-        decision = self._evaluate(
-            self.index.check, subject, resource, item.capability, tuple(item.authentication_context.amr)
-        )
+        amr = tuple(item.authentication_context.amr)
+        decision = self._evaluate(self.index.check, subject, resource, item.capability, amr, field=field)
         answer = pb.CheckCapabilityResponse(
             allowed=decision.allowed, reason=_reason(decision.reason), revision=self.index.revision
         )
         if item.explain:
             answer.explanation.steps.extend(
-                decision_pb2.ExplanationStep(description=s, reason=_reason(decision.reason))
-                for s in decision.steps
+                decision_pb2.ExplanationStep(
+                    description=f"{step.relationship}: {step.description}"
+                    if step.relationship
+                    else step.description,
+                    relationship=step.relationship,
+                    reason=_reason(step.reason),
+                )
+                for step in self.index.explain(subject, resource, item.capability, amr)
             )
         return answer
+
+    def _require_service_or_platform_admin(self) -> None:
+        principal = require_principal()
+        if not principal.is_service and not self._is_platform_admin(principal):
+            raise errors.PermissionDenied(
+                "service accounts and platform admins only", reason="CAPABILITY_DENIED"
+            )
+
+    def _request_key(self, method: str, request_id: str) -> str:
+        """Idempotency key: the same request id from another caller or RPC is a different request."""
+        if not request_id:
+            return ""
+        return f"{require_principal().subject}|{method}|{request_id}"
+
+    def _audit(self, action: str, items: list, revision_detail: dict | None = None, target=None):
+        """An ``after_write`` hook writing one audit event in the write's transaction."""
+        texts = [
+            item.text() if isinstance(item, m.Tuple) else f"{item.kind}:{item.key}={item.value}"
+            for item in items
+        ]
+        orgs = {self._organization_of_item(item) for item in items} - {None}
+
+        async def record(session, revision: int) -> None:
+            details = {
+                "revision": revision,
+                "count": len(items),
+                "changes": texts[:AUDIT_DETAIL_LIMIT],
+                **(revision_detail or {}),
+            }
+            await audit_log.record(
+                session,
+                service=SERVICE,
+                action=action,
+                organization_id=next(iter(orgs)) if len(orgs) == 1 else "",
+                target=target,
+                details=details,
+            )
+
+        return record
+
+    def _organization_of_item(self, item) -> str | None:
+        if isinstance(item, m.Tuple):
+            if item.relation == "parent" and item.subject_type == "organization":
+                return item.subject_id
+            return self.index.organization_of(item.resource)
+        if item.kind == "membership":
+            return item.key.split("|", 1)[0]
+        if item.kind == "require_mfa":
+            return item.key
+        if item.kind == "deleted":
+            rtype, _, rid = item.key.partition(":")
+            return self.index.organization_of((rtype, rid))
+        return None
 
     # ---- checks -----------------------------------------------------------
     async def CheckCapability(self, request, context):
@@ -108,7 +194,10 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
 
     async def GetAccess(self, request, context):
         errs = ErrorCollector()
-        subject, resource = _ref(request.subject, "subject", errs), _ref(request.resource, "resource", errs)
+        subject, resource = (
+            _subject(request.subject, "subject", errs),
+            _ref(request.resource, "resource", errs),
+        )
         errs.raise_if_any()
         self._authorize_subject(subject)
         await self._consistent(request.consistency, context)
@@ -125,7 +214,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
 
     async def LookupResources(self, request, context):
         errs = ErrorCollector()
-        subject = _ref(request.subject, "subject", errs)
+        subject = _subject(request.subject, "subject", errs)
         errs.require(bool(request.resource_type), "resource_type", "is required")
         errs.require(bool(request.capability), "capability", "is required")
         errs.raise_if_any()
@@ -133,29 +222,22 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         size = page_size(request.page_size, default=100)
         await self._consistent(request.consistency, context)
         parent = (request.parent.type, request.parent.id) if request.parent.id else None
-        try:
-            ids = self.index.lookup_resources(
-                subject,
-                request.resource_type,
-                request.capability,
-                parent,
-                tuple(request.authentication_context.amr),
-            )
-        except UnknownType as exc:
-            raise errors.InvalidArgument.field("resource_type", f"unknown resource type {exc}") from None
-        except UnknownCapability as exc:
-            raise errors.InvalidArgument.field("capability", f"unknown capability {exc}") from None
+        ids = self._evaluate(
+            self.index.lookup_resources,
+            subject,
+            request.resource_type,
+            request.capability,
+            parent,
+            tuple(request.authentication_context.amr),
+            type_field="resource_type",
+        )
         page, token = page_after(ids, request.page_token, size)
         return pb.LookupResourcesResponse(
             resource_ids=page, next_page_token=token, revision=self.index.revision
         )
 
     async def LookupSubjects(self, request, context):
-        principal = require_principal()
-        if not principal.is_service and not self.index.is_platform_admin(("user", principal.id)):
-            raise errors.PermissionDenied(
-                "service accounts and platform admins only", reason="CAPABILITY_DENIED"
-            )
+        self._require_service_or_platform_admin()
         errs = ErrorCollector()
         resource = _ref(request.resource, "resource", errs)
         errs.require(bool(request.capability), "capability", "is required")
@@ -248,6 +330,10 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             if p.operation == relationship_pb2.Precondition.OPERATION_UNSPECIFIED:
                 errs.add(f"preconditions[{i}].operation", "must be MUST_EXIST or MUST_NOT_EXIST")
             f = p.filter
+            if f.within_organization_id:
+                errs.add(
+                    f"preconditions[{i}].filter.within_organization_id", "is not supported in preconditions"
+                )
             preconditions.append(
                 (
                     p.operation == relationship_pb2.Precondition.OPERATION_MUST_EXIST,
@@ -255,16 +341,17 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                 )
             )
         errs.raise_if_any()
-        revision = await self.store.write(updates, preconditions=preconditions, request_id=request.request_id)
+        revision = await self.store.write(
+            updates,
+            preconditions=preconditions,
+            request_id=self._request_key("WriteRelationships", request.request_id),
+            after_write=self._audit("authz.relationships.write", [item for _, item in updates]),
+        )
         await self.follower.catch_up()
         return pb.WriteRelationshipsResponse(revision=revision)
 
     async def ReadRelationships(self, request, context):
-        principal = require_principal()
-        if not principal.is_service and not self.index.is_platform_admin(("user", principal.id)):
-            raise errors.PermissionDenied(
-                "service accounts and platform admins only", reason="CAPABILITY_DENIED"
-            )
+        self._require_service_or_platform_admin()
         await self._consistent(request.consistency, context)
         size = page_size(request.page_size, default=100)
         matching = sorted(self._matching(request.filter))
@@ -309,29 +396,49 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         deleted: list[m.Tuple] = []
 
         async def select_deletes(_session):
+            # The revision lock is held: nothing commits in between, so the index is the latest state.
             await self.follower.catch_up()
             deleted.extend(self._matching(f))
             return deleted
 
-        revision = await self.store.write([], request_id=request.request_id, select_deletes=select_deletes)
+        async def after_write(session, revision):
+            await self._audit("authz.relationships.delete", deleted)(session, revision)
+
+        revision = await self.store.write(
+            [],
+            request_id=self._request_key("DeleteRelationships", request.request_id),
+            select_deletes=select_deletes,
+            after_write=after_write,
+        )
         await self.follower.catch_up()
         return pb.DeleteRelationshipsResponse(revision=revision, deleted_count=len(deleted))
 
     # ---- grants -----------------------------------------------------------
-    def _may_share(self, resource: m.Ref) -> None:
+    def _may_share(self, resource: m.Ref, capability: str = "") -> None:
+        """Users need ``share`` on the object or ``org:manage_grants`` on its organization (on an
+        organization itself: ``org:manage_grants``), and may grant only what they hold themselves.
+        Service accounts may manage any grant."""
         principal = require_principal()
         if principal.is_service:
             return
-        user = ("user", principal.id)
-        if self._evaluate(self.index.check, user, resource, "share", principal.amr).allowed:
-            return
+        user, amr = ("user", principal.id), principal.amr
         org = self.index.organization_of(resource)
-        if org and self.index.check(user, ("organization", org), "org:manage_grants", principal.amr).allowed:
+        may = resource[0] != "organization" and self.index.check(user, resource, "share", amr).allowed
+        if not may and org:
+            may = self.index.check(user, ("organization", org), "org:manage_grants", amr).allowed
+        if may and capability and not self.index.check(user, resource, capability, amr).allowed:
+            raise errors.PermissionDenied(
+                f"you cannot grant {capability!r}: you do not hold it on {resource[0]}:{resource[1]}",
+                capability=capability,
+                resource=f"{resource[0]}:{resource[1]}",
+            )
+        if may:
             return
         # Existence of another tenant's object is not revealed.
-        if not self.index.access(user, resource, principal.amr).capabilities:
+        if not self.index.access(user, resource, amr).capabilities:
             raise errors.NotFound(resource[0], resource[1])
-        raise errors.PermissionDenied(capability="share", resource=f"{resource[0]}:{resource[1]}")
+        needed = "org:manage_grants" if resource[0] == "organization" else "share"
+        raise errors.PermissionDenied(capability=needed, resource=f"{resource[0]}:{resource[1]}")
 
     def _grant_tuple(self, request) -> m.Tuple:
         errs = ErrorCollector()
@@ -342,25 +449,48 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             "subject.type",
             "must be user, group or organization",
         )
+        errs.require(bool(request.capability), "capability", "is required")
         errs.raise_if_any()
         self._evaluate(self.index.validate, resource[0], request.capability)
-        if "share" not in self.index.catalog.types[resource[0]].capabilities:
+        shareable = (
+            resource[0] == "organization" or "share" in self.index.catalog.types[resource[0]].capabilities
+        )
+        if not shareable:
             raise errors.InvalidArgument.field("resource.type", f"{resource[0]} objects cannot be shared")
+        org = self.index.organization_of(resource)
+        if subject[0] == "organization" and org and subject[1] != org:
+            raise errors.InvalidArgument.field(
+                "subject.id", "an organization can be granted only objects of its own organization"
+            )
+        if subject[0] == "group" and org:
+            group_org = self.index.organization_of(subject)
+            if group_org and group_org != org:
+                raise errors.InvalidArgument.field(
+                    "subject.id", "a group can be granted only objects of its own organization"
+                )
         return m.Tuple(resource[0], resource[1], "grant", subject[0], subject[1], request.capability)
 
-    async def GrantCapability(self, request, context):
+    async def _write_grant(self, method: str, op: str, request) -> int:
         t = self._grant_tuple(request)
-        self._may_share(t.resource)
-        revision = await self.store.write([("touch", t)], request_id=request.request_id)
+        self._may_share(t.resource, t.capability)
+        action = "authz.grant" if op == "touch" else "authz.revoke"
+        revision = await self.store.write(
+            [(op, t)],
+            request_id=self._request_key(method, request.request_id),
+            after_write=self._audit(action, [t], target=t.resource),
+        )
         await self.follower.catch_up()
-        return pb.GrantCapabilityResponse(revision=revision)
+        return revision
+
+    async def GrantCapability(self, request, context):
+        return pb.GrantCapabilityResponse(
+            revision=await self._write_grant("GrantCapability", "touch", request)
+        )
 
     async def RevokeCapability(self, request, context):
-        t = self._grant_tuple(request)
-        self._may_share(t.resource)
-        revision = await self.store.write([("delete", t)], request_id=request.request_id)
-        await self.follower.catch_up()
-        return pb.RevokeCapabilityResponse(revision=revision)
+        return pb.RevokeCapabilityResponse(
+            revision=await self._write_grant("RevokeCapability", "delete", request)
+        )
 
     async def ListGrants(self, request, context):
         errs = ErrorCollector()
@@ -410,14 +540,13 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
 
     async def Watch(self, request, context):
         require_service_account()
-        import asyncio
-
         since = request.since_revision
         types = set(request.resource_types)
         while True:
             batch = await self.store.changes_since(since, limit=500)
             if not batch:
-                await asyncio.sleep(self.follower.poll_interval)
+                # Woken by the follower when a newer revision is applied (no polling per watcher).
+                await self.follower.wait_beyond(since, timeout=WATCH_IDLE)
                 continue
             response = pb.WatchResponse()
             for revision, changes in batch:

@@ -28,7 +28,8 @@ class Index:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         self.revision = 0
-        self.roles: dict[m.Ref, dict[m.Ref, set[str]]] = defaultdict(lambda: defaultdict(set))
+        # resource -> subject -> roles (interned frozensets: a million bindings share a handful of sets)
+        self.roles: dict[m.Ref, dict[m.Ref, frozenset[str]]] = defaultdict(dict)
         self.bound: dict[m.Ref, set[m.Ref]] = defaultdict(set)  # subject -> resources with a role for it
         self.parent: dict[m.Ref, m.Ref] = {}
         self.children: dict[m.Ref, set[m.Ref]] = defaultdict(set)
@@ -41,6 +42,15 @@ class Index:
         self.user_orgs: dict[str, set[str]] = defaultdict(set)
         self.deleted: set[str] = set()
         self.require_mfa: set[str] = set()
+        self.member_of: dict[m.Ref, set[m.Ref]] = {}  # user -> groups it is a member of
+        self._refs: dict[m.Ref, m.Ref] = {}  # interned refs (one tuple object per resource/subject)
+        self._role_sets: dict[frozenset[str], frozenset[str]] = {}  # interned role sets
+
+    def _ref(self, ref: m.Ref) -> m.Ref:
+        return self._refs.setdefault(ref, ref)
+
+    def _roles_set(self, roles: frozenset[str]) -> frozenset[str]:
+        return self._role_sets.setdefault(roles, roles)
 
     # ---- applying changes -------------------------------------------------
     def apply(self, changes: Iterable[m.Change], revision: int) -> None:
@@ -52,11 +62,14 @@ class Index:
         self.revision = max(self.revision, revision)
 
     def _tuple(self, t: m.Tuple, put: bool) -> None:
-        res, sub = t.resource, t.subject
+        res, sub = self._ref(t.resource), self._ref(t.subject)
         if put:
             self.by_type[t.resource_type].add(t.resource_id)
         if t.relation == "parent":
             if put:
+                old = self.parent.get(res)
+                if old is not None and old != sub:
+                    self.children[old].discard(res)
                 self.parent[res] = sub
                 self.children[sub].add(res)
                 self.by_type[t.subject_type].add(t.subject_id)
@@ -68,20 +81,29 @@ class Index:
                 self.grants[res][sub].add(t.capability)
                 self.granted[sub].add(res)
             else:
-                caps = self.grants[res][sub]
+                caps = self.grants.get(res, {}).get(sub)
+                if caps is None:
+                    return
                 caps.discard(t.capability)
                 if not caps:
                     del self.grants[res][sub]
                     self.granted[sub].discard(res)
-        elif put:
-            self.roles[res][sub].add(t.relation)
-            self.bound[sub].add(res)
         else:
-            roles = self.roles[res][sub]
-            roles.discard(t.relation)
-            if not roles:
-                del self.roles[res][sub]
+            bindings = self.roles[res]
+            have = bindings.get(sub, frozenset())
+            now = have | {t.relation} if put else have - {t.relation}
+            if now:
+                bindings[sub] = self._roles_set(now)
+                self.bound[sub].add(res)
+            else:
+                bindings.pop(sub, None)
                 self.bound[sub].discard(res)
+            if t.resource_type == "group" and t.relation == "member":
+                groups = self.member_of.setdefault(sub, set())
+                if put:
+                    groups.add(res)
+                else:
+                    groups.discard(res)
 
     def _state(self, s: m.State, put: bool) -> None:
         if s.kind == "membership":
@@ -126,12 +148,10 @@ class Index:
                 return anc[1]
         return None
 
-    def groups_of(self, subject: m.Ref) -> list[m.Ref]:
+    def groups_of(self, subject: m.Ref) -> set[m.Ref] | tuple:
         if subject[0] != "user":
-            return []
-        return [
-            r for r in self.bound.get(subject, ()) if r[0] == "group" and "member" in self.roles[r][subject]
-        ]
+            return ()
+        return self.member_of.get(subject, ())
 
     def is_platform_admin(self, subject: m.Ref) -> bool:
         return PLATFORM_ADMIN in self._direct_and_group_roles(subject, PLATFORM_REF)
@@ -185,7 +205,7 @@ class Index:
         return out
 
     def _precheck(self, subject: m.Ref, res: m.Ref, amr: Iterable[str]) -> str | None:
-        if subject[0] == "user" and f"user:{subject[1]}" in self.disabled:
+        if self.disabled and f"{subject[0]}:{subject[1]}" in self.disabled:
             return m.SUBJECT_DISABLED
         if f"{res[0]}:{res[1]}" in self.deleted or any(
             f"{a[0]}:{a[1]}" in self.deleted for a in self.ancestors(res)
@@ -249,29 +269,54 @@ class Index:
         if self.is_platform_admin(subject):
             candidates = {(rtype, rid) for rid in self.by_type.get(rtype, ())}
         else:
-            roots: set[m.Ref] = set(self.bound.get(subject, ())) | set(self.granted.get(subject, ()))
-            for group in self.groups_of(subject):
-                roots |= self.bound.get(group, set()) | self.granted.get(group, set())
-            if subject[0] == "user":
-                for org in self.user_orgs.get(subject[1], ()):
-                    if self.membership.get((org, subject[1])) == m.ACTIVE:
-                        roots |= self.granted.get(("organization", org), set())
-            candidates = set()
-            stack = list(roots)
-            seen: set[m.Ref] = set()
-            while stack:
-                ref = stack.pop()
-                if ref in seen:
-                    continue
-                seen.add(ref)
-                if ref[0] == rtype:
-                    candidates.add(ref)
-                stack.extend(self.children.get(ref, ()))
+            candidates = self._reachable(subject, rtype)
         if parent is not None:
             candidates = {c for c in candidates if parent in self.ancestors(c)}
         return sorted(
             rid for (t, rid) in candidates if self.check(subject, (t, rid), capability, amr).allowed
         )
+
+    def _reachable(self, subject: m.Ref, rtype: str) -> set[m.Ref]:
+        """Resources of ``rtype`` where some role or grant of the subject may apply.
+
+        Starts from the subject's own bindings and grants (and those of its groups
+        and active organizations) and descends to children only through roles the
+        catalog implies on the child type, so the walk costs what the answer costs:
+        an organization member whose role implies nothing below is never expanded
+        into the organization's workspaces.
+        """
+        holders = [subject, *self.groups_of(subject)]
+        frontier: dict[m.Ref, set[str]] = {}
+        candidates: set[m.Ref] = set()
+        for holder in holders:
+            for res in self.bound.get(holder, ()):
+                frontier.setdefault(res, set()).update(self.roles.get(res, {}).get(holder, ()))
+            for res in self.granted.get(holder, ()):
+                if res[0] == rtype:
+                    candidates.add(res)
+        if subject[0] == "user":
+            for org in self.user_orgs.get(subject[1], ()):
+                if self.membership.get((org, subject[1])) == m.ACTIVE:
+                    candidates |= {r for r in self.granted.get(("organization", org), ()) if r[0] == rtype}
+        done: dict[m.Ref, set[str]] = {}
+        stack = list(frontier.items())
+        while stack:
+            ref, roles = stack.pop()
+            seen = done.setdefault(ref, set())
+            new = roles - seen
+            if not new and seen:
+                continue
+            seen |= new
+            if ref[0] == rtype:
+                candidates.add(ref)
+            for child in self.children.get(ref, ()):
+                ctype = self.catalog.type(child[0])
+                if ctype is None:
+                    continue
+                implied = {ctype.implied[r] for r in new if r in ctype.implied}
+                if implied:
+                    stack.append((child, implied))
+        return candidates
 
     def lookup_subjects(self, res: m.Ref, capability: str) -> list[str]:
         self.validate(res[0], capability)
@@ -287,7 +332,9 @@ class Index:
         if sub[0] == "user":
             return {sub[1]}
         if sub[0] == "group":
-            return {u for (t, u) in self.roles.get(sub, {}) if t == "user"}
+            return {
+                u for (t, u), roles in self.roles.get(sub, {}).items() if t == "user" and "member" in roles
+            }
         if sub[0] == "organization":
             return {
                 u for u in self.org_members.get(sub[1], ()) if self.membership.get((sub[1], u)) == m.ACTIVE
@@ -306,3 +353,146 @@ class Index:
             for sub, caps in subs.items():
                 for cap in caps:
                     yield m.Tuple(res[0], res[1], "grant", sub[0], sub[1], cap)
+
+    # ---- explanations (only when a caller asks; not on the hot path) -------
+    def explain(self, subject: m.Ref, res: m.Ref, capability: str, amr: Iterable[str] = ()) -> list[m.Step]:
+        """The path that allows the check, or every reason nothing did."""
+        decision = self.check(subject, res, capability, amr)
+        who, what = _text(subject), _text(res)
+        if not decision.allowed and decision.reason != m.NO_RELATIONSHIP:
+            return [self._denial_step(decision.reason, subject, res, amr)]
+        if decision.reason in m.REASON_ORDER:
+            rtype = self.catalog.types[res[0]]
+            for role, path in sorted(
+                self._role_paths(subject, res).items(), key=lambda rp: rtype.rank(rp[0])
+            ):
+                if capability in rtype.role_caps[role] and path[-1].reason == decision.reason:
+                    return [*path, m.Step(f"role {role} on {res[0]} holds {capability}", "", decision.reason)]
+        if decision.allowed:
+            return self._grant_path(subject, res, capability, decision.reason)
+        steps = []
+        rtype = self.catalog.types[res[0]]
+        for role, path in self._role_paths(subject, res).items():
+            steps += path
+            steps.append(m.Step(f"role {role} on {what} lacks {capability}", "", m.NO_RELATIONSHIP))
+        holding = [r for r in rtype.roles if capability in rtype.role_caps[r]]
+        groups = sorted(_text(g) for g in self.groups_of(subject))
+        steps.append(
+            m.Step(
+                f"{who} holds none of the roles with {capability} on {what} ({', '.join(holding)}), "
+                f"directly, through its groups {groups or '[]'} or through a parent",
+                "",
+                m.NO_RELATIONSHIP,
+            )
+        )
+        steps.append(
+            m.Step(
+                f"no grant of {capability} on {what} to {who}, its groups or its organizations",
+                "",
+                m.NO_RELATIONSHIP,
+            )
+        )
+        return steps
+
+    def _denial_step(self, reason: str, subject: m.Ref, res: m.Ref, amr: Iterable[str]) -> m.Step:
+        who = _text(subject)
+        if reason == m.SUBJECT_DISABLED:
+            return m.Step(f"{who} is disabled", "", reason)
+        if reason == m.RESOURCE_DELETED:
+            gone = next(r for r in (res, *self.ancestors(res)) if _text(r) in self.deleted)
+            where = "" if gone == res else f" (a parent of {_text(res)})"
+            return m.Step(f"{_text(gone)} is deleted{where}", "", reason)
+        org = self.organization_of(res)
+        if reason == m.MEMBERSHIP_INACTIVE:
+            status = self.membership.get((org, subject[1]), "")
+            return m.Step(f"membership of {who} in organization:{org} is {status}", "", reason)
+        return m.Step(
+            f"organization:{org} requires MFA and the session's amr {sorted(amr)} has no second factor",
+            "",
+            reason,
+        )
+
+    def _role_paths(self, subject: m.Ref, res: m.Ref, depth: int = 0) -> dict[str, list[m.Step]]:
+        """One path per role the subject holds on ``res`` (the best reason first)."""
+        paths: dict[str, list[m.Step]] = {}
+        bindings = self.roles.get(res, {})
+        for role in bindings.get(subject, ()):
+            rel = f"{_text(res)}#{role}@{_text(subject)}"
+            paths[role] = [m.Step(f"{_text(subject)} is {role} of {_text(res)}", rel, m.ROLE)]
+        for group in sorted(self.groups_of(subject)):
+            for role in bindings.get(group, ()):
+                paths.setdefault(
+                    role,
+                    [
+                        m.Step(
+                            f"{_text(subject)} is a member of {_text(group)}",
+                            f"{_text(group)}#member@{_text(subject)}",
+                            m.GROUP_ROLE,
+                        ),
+                        m.Step(
+                            f"{_text(group)} is {role} of {_text(res)}",
+                            f"{_text(res)}#{role}@{_text(group)}",
+                            m.GROUP_ROLE,
+                        ),
+                    ],
+                )
+        parent = self.parent.get(res)
+        rtype = self.catalog.type(res[0])
+        if parent is not None and rtype is not None and depth < 16:
+            for prole, ppath in self._role_paths(subject, parent, depth + 1).items():
+                implied = rtype.implied.get(prole)
+                if implied and implied not in paths:
+                    reason = m.PLATFORM_ROLE if ppath[-1].reason == m.PLATFORM_ROLE else m.INHERITED_ROLE
+                    paths[implied] = [
+                        *ppath,
+                        m.Step(
+                            f"{_text(res)} has parent {_text(parent)}; {prole} there implies {implied} here",
+                            f"{_text(res)}#parent@{_text(parent)}",
+                            reason,
+                        ),
+                    ]
+        if rtype is not None and res != PLATFORM_REF and self.is_platform_admin(subject):
+            paths.setdefault(
+                rtype.top_role,
+                [
+                    m.Step(
+                        f"{_text(subject)} is platform_admin (implies {rtype.top_role} on every {res[0]})",
+                        f"platform:platform#platform_admin@{_text(subject)}",
+                        m.PLATFORM_ROLE,
+                    )
+                ],
+            )
+        return paths
+
+    def _grant_path(self, subject: m.Ref, res: m.Ref, capability: str, reason: str) -> list[m.Step]:
+        grants = self.grants.get(res, {})
+        rel = lambda holder: f"{_text(res)}#grant:{capability}@{_text(holder)}"  # noqa: E731
+        if reason == m.DIRECT_GRANT:
+            return [
+                m.Step(f"{capability} on {_text(res)} is granted to {_text(subject)}", rel(subject), reason)
+            ]
+        if reason == m.GROUP_GRANT:
+            group = next(g for g in sorted(self.groups_of(subject)) if capability in grants.get(g, ()))
+            return [
+                m.Step(
+                    f"{_text(subject)} is a member of {_text(group)}",
+                    f"{_text(group)}#member@{_text(subject)}",
+                    reason,
+                ),
+                m.Step(f"{capability} on {_text(res)} is granted to {_text(group)}", rel(group), reason),
+            ]
+        org = next(
+            o
+            for o, caps in sorted(grants.items())
+            if o[0] == "organization"
+            and capability in caps
+            and self.membership.get((o[1], subject[1])) == m.ACTIVE
+        )
+        return [
+            m.Step(f"{_text(subject)} is an active member of {_text(org)}", "", reason),
+            m.Step(f"{capability} on {_text(res)} is granted to {_text(org)}", rel(org), reason),
+        ]
+
+
+def _text(ref: m.Ref) -> str:
+    return f"{ref[0]}:{ref[1]}"

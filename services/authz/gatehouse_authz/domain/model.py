@@ -77,6 +77,15 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One step of an explanation: what holds, the relationship behind it (text form), the reason."""
+
+    description: str
+    relationship: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Access:
     member_role: str
     is_platform_admin: bool
