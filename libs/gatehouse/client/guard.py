@@ -13,20 +13,27 @@ Declare per RPC which capability on which resource it needs; the guard runs
   holds some other capability on the resource) but lacks this capability;
 - ``UNAVAILABLE`` — authz (or identity's keys) did not answer: fail closed.
 
-Two ways to declare, usable together::
+Three ways to declare, usable together:
 
-    guard = Guard(AuthzClient(channel, token_source=service_token), verifier)
+1. ``requires`` — declared at import time, enforced by the interceptor (the
+   example's way)::
 
-    class Notes(notes_pb2_grpc.NotesServiceServicer):
-        @guard.require("read", resource=lambda req: ("note", req.note_id))
-        async def GetNote(self, request, context): ...
+       class Notes(notes_pb2_grpc.NotesServiceServicer):
+           @requires("read", resource=from_field("note", "note_id"))
+           async def GetNote(self, request, context): ...
 
-    server = grpc.aio.server(interceptors=[..., guard.interceptor()])  # innermost
+       guard = Guard(AuthzClient(authz_channel, token_source=service_token), verifier)
+       server = grpc.aio.server(interceptors=[..., guard.interceptor()])  # last = innermost
 
-The decorator enforces on its own. The interceptor (put it *last*, innermost)
-additionally enforces rules given by method name (``rules={"/pkg.Svc/M": guard.rule(...)}``)
-and refuses every method that has neither — a forgotten declaration is a
-``PERMISSION_DENIED``, never an open door. Inside the handler
+   A ``requires`` method called without the interceptor refuses to run.
+2. ``guard.require`` — the same, but the decorated method enforces on its own
+   (no interceptor needed); needs the guard instance at class definition.
+3. ``guard.interceptor(rules={"/pkg.Svc/Method": guard.rule(...)})`` — rules by
+   method name, for servicers you cannot decorate.
+
+The interceptor refuses every method that has no rule (PERMISSION_DENIED): a
+forgotten declaration is never an open door. Health and reflection stay public;
+``public_methods`` adds more. Inside the handler
 ``gatehouse.kit.context.current_principal()`` is the verified caller.
 
 A caller that just changed something can send the revision it got as
@@ -36,6 +43,7 @@ A caller that just changed something can send the revision it got as
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -70,12 +78,57 @@ def from_field(resource_type: str, field: str) -> ResourceOf:
     return resource_of
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rule:
     """What one RPC needs: ``capability`` on the resource ``resource(request)`` returns."""
 
     capability: str
     resource: ResourceOf
+    self_enforcing: bool = False  # True for Guard.require: the decorated method checks on its own
+
+
+# The rule the GuardInterceptor authorized for the call in progress (read by `requires` wrappers).
+_authorized: contextvars.ContextVar[Rule | None] = contextvars.ContextVar(
+    "gatehouse_guard_rule", default=None
+)
+
+
+def requires(capability: str, *, resource: ResourceOf):
+    """Declare a servicer method's rule at import time; :meth:`Guard.interceptor` enforces it.
+
+    Fail-closed: if the method is ever called without the interceptor having
+    authorized the call (interceptor not installed, or not innermost), it
+    answers PERMISSION_DENIED instead of running.
+    """
+    rule = Rule(capability, resource)
+
+    def decorate(fn):
+        refusal = errors.PermissionDenied(
+            f"{fn.__name__} is declared with a Gatehouse rule but the guard interceptor is not installed",
+            reason="CAPABILITY_DENIED",
+        )
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def streaming(servicer, request, context):
+                if _authorized.get() is not rule:
+                    await _abort(context, refusal)
+                async for item in fn(servicer, request, context):
+                    yield item
+
+            wrapper = streaming
+        else:
+
+            @functools.wraps(fn)
+            async def wrapper(servicer, request, context):
+                if _authorized.get() is not rule:
+                    await _abort(context, refusal)
+                return await fn(servicer, request, context)
+
+        setattr(wrapper, RULE_ATTRIBUTE, rule)
+        return wrapper
+
+    return decorate
 
 
 def identity_verifier(
@@ -96,13 +149,14 @@ def _metadata_value(metadata, key: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _acting_as(principal: Principal, token: str):
-    p, b = principal_var.set(principal), bearer_token_var.set(token)
+def _acting_as(principal: Principal, token: str, rule: Rule | None = None):
+    p, b, r = principal_var.set(principal), bearer_token_var.set(token), _authorized.set(rule)
     try:
         yield
     finally:
         principal_var.reset(p)
         bearer_token_var.reset(b)
+        _authorized.reset(r)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: errors.GatehouseError):
@@ -131,7 +185,7 @@ class Guard:
 
     def require(self, capability: str, *, resource: ResourceOf):
         """Decorator for a servicer method (unary or server-streaming) that enforces the rule."""
-        rule = Rule(capability, resource)
+        rule = Rule(capability, resource, self_enforcing=True)
 
         def decorate(fn):
             if inspect.isasyncgenfunction(fn):
@@ -240,9 +294,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         behaviour = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         )
-        rule = self._rules.get(method)
-        if rule is None and getattr(behaviour, RULE_ATTRIBUTE, None) is not None:
-            return handler  # the decorator enforces it
+        rule = self._rules.get(method) or getattr(behaviour, RULE_ATTRIBUTE, None)
+        if rule is not None and rule.self_enforcing and method not in self._rules:
+            return handler  # Guard.require: the decorated method enforces it
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -282,7 +336,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request, context):
                 principal, token = await guard._authorize_or_abort(rule, request, context)
-                with _acting_as(principal, token):
+                with _acting_as(principal, token, rule):
                     result = inner(request, context)
                     return await result if inspect.isawaitable(result) else result
 
@@ -291,7 +345,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
         async def streaming(request, context):
             principal, token = await guard._authorize_or_abort(rule, request, context)
-            with _acting_as(principal, token):
+            with _acting_as(principal, token, rule):
                 async for item in inner_stream(request, context):
                     yield item
 
