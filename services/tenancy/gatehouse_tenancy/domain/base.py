@@ -1,0 +1,227 @@
+"""What every tenancy use case shares: access decisions through authz, loading with tenant rules, commits.
+
+Access is always decided by authz. When authz denies, the caller learns that
+the object exists only if they can see its organization at all (``org:view``);
+otherwise the answer is NOT_FOUND, exactly as for an id that never existed.
+Every denial is audited (outcome DENIED) in its own transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gatehouse.kit import errors
+from gatehouse.kit.context import Principal
+from gatehouse_tenancy.domain import model as m
+
+ORG_VIEW = "org:view"
+PLATFORM = "platform:platform"
+PLATFORM_ADMIN_CAP = "platform:create_organization"
+
+
+def org_ref(org_id: str) -> str:
+    return f"organization:{org_id}"
+
+
+def ws_ref(ws_id: str) -> str:
+    return f"workspace:{ws_id}"
+
+
+def group_ref(group_id: str) -> str:
+    return f"group:{group_id}"
+
+
+def user_ref(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+class Core:
+    """Dependencies and shared steps of the use cases (no grpc, no sqlalchemy here)."""
+
+    def __init__(
+        self,
+        *,
+        transactions,
+        authz,
+        delivery,
+        identity,
+        clock: Callable[[], float] = time.time,
+        after_commit: Callable[[str], Awaitable[None]] | None = None,
+    ):
+        self.tx = transactions
+        self.authz = authz
+        self.delivery = delivery
+        self.identity = identity
+        self.clock = clock
+        self._after_commit = after_commit
+
+    # ---- commits ------------------------------------------------------------
+    async def deliver(self, action: str, tx) -> int | None:
+        """After commit: deliver this transaction's authz changes now (the relay retries on failure)."""
+        if self._after_commit is not None:
+            await self._after_commit(action)
+        if not tx.authz_entries:
+            return None
+        return await self.delivery.flush(tx.authz_entries[-1])
+
+    # ---- idempotency --------------------------------------------------------
+    @staticmethod
+    def request_key(method: str, principal: Principal | None, request_id: str) -> str:
+        who = principal.subject if principal else "anonymous"
+        return f"{method}|{who}|{request_id}"
+
+    # ---- access ------------------------------------------------------------
+    async def is_platform_admin(self, p: Principal) -> bool:
+        return await self.authz.allowed(p, PLATFORM, PLATFORM_ADMIN_CAP)
+
+    async def audit_denied(
+        self,
+        p: Principal,
+        action: str,
+        *,
+        organization_id: str = "",
+        workspace_id: str = "",
+        target: tuple[str, str] | None = None,
+        capability: str = "",
+    ) -> None:
+        async with self.tx() as tx:
+            await tx.audit(
+                action,
+                outcome="DENIED",
+                reason="CAPABILITY_DENIED",
+                organization_id=organization_id,
+                workspace_id=workspace_id,
+                target=target,
+                details={"capability": capability} if capability else None,
+            )
+            await tx.commit()
+
+    async def require(
+        self,
+        p: Principal,
+        resource: str,
+        capability: str,
+        *,
+        organization_id: str,
+        action: str,
+        kind: str,
+        ident: str,
+        workspace_id: str = "",
+    ) -> None:
+        """Allowed by authz, or NOT_FOUND (caller sees nothing of the organization) / PERMISSION_DENIED."""
+        if await self.authz.allowed(p, resource, capability):
+            return
+        await self.audit_denied(
+            p,
+            action,
+            organization_id=organization_id,
+            workspace_id=workspace_id,
+            target=(kind, ident),
+            capability=capability,
+        )
+        if resource != org_ref(organization_id) or capability != ORG_VIEW:
+            if await self.authz.allowed(p, org_ref(organization_id), ORG_VIEW):
+                raise errors.PermissionDenied(
+                    f"missing capability {capability!r} on {resource}",
+                    capability=capability,
+                    resource=resource,
+                )
+        raise errors.NotFound(kind, ident)
+
+    async def may_undelete_org(self, p: Principal, org_id: str) -> bool:
+        access = await self.authz.access(p, org_ref(org_id))
+        return access.is_platform_admin or access.member_role == "owner"
+
+    async def may_undelete_ws(self, p: Principal, ws: m.Workspace) -> bool:
+        access = await self.authz.access(p, ws_ref(ws.id))
+        if access.is_platform_admin or access.member_role == "owner":
+            return True
+        return await self.authz.allowed(p, org_ref(ws.organization_id), "org:delete")
+
+    # ---- loading with the tenant rules ----------------------------------------
+    async def load_org(
+        self, p: Principal | None, org_id: str, *, show_deleted: bool = False
+    ) -> m.Organization:
+        """The organization, or NOT_FOUND when unknown or deleted (unless shown to who may undelete)."""
+        if not org_id:
+            raise errors.InvalidArgument.field("organization_id", "is required")
+        async with self.tx() as tx:
+            org = await tx.repo.get_organization(org_id)
+        if org is None:
+            raise errors.NotFound("organization", org_id)
+        if org.deleted and not (show_deleted and p is not None and await self.may_undelete_org(p, org_id)):
+            raise errors.NotFound("organization", org_id)
+        return org
+
+    async def load_ws(self, p: Principal, ws_id: str, *, show_deleted: bool = False) -> m.Workspace:
+        if not ws_id:
+            raise errors.InvalidArgument.field("workspace_id", "is required")
+        async with self.tx() as tx:
+            ws = await tx.repo.get_workspace(ws_id)
+            org = await tx.repo.get_organization(ws.organization_id) if ws else None
+        if ws is None or org is None:
+            raise errors.NotFound("workspace", ws_id)
+        if (ws.deleted or org.deleted) and not (
+            show_deleted and not org.deleted and await self.may_undelete_ws(p, ws)
+        ):
+            raise errors.NotFound("workspace", ws_id)
+        return ws
+
+    async def ws_for(
+        self, p: Principal, ws_id: str, capability: str, action: str, *, show_deleted: bool = False
+    ) -> m.Workspace:
+        ws = await self.load_ws(p, ws_id, show_deleted=show_deleted)
+        if ws.deleted:
+            return ws  # only reachable by who may undelete (checked in load_ws)
+        await self.require(
+            p,
+            ws_ref(ws.id),
+            capability,
+            organization_id=ws.organization_id,
+            workspace_id=ws.id,
+            action=action,
+            kind="workspace",
+            ident=ws.id,
+        )
+        return ws
+
+    async def org_for(self, p: Principal, org_id: str, capability: str, action: str) -> m.Organization:
+        org = await self.load_org(p, org_id)
+        await self.require(
+            p,
+            org_ref(org.id),
+            capability,
+            organization_id=org.id,
+            action=action,
+            kind="organization",
+            ident=org.id,
+        )
+        return org
+
+    async def load_group(self, p: Principal, group_id: str, capability: str, action: str) -> m.Group:
+        if not group_id:
+            raise errors.InvalidArgument.field("group_id", "is required")
+        async with self.tx() as tx:
+            group = await tx.repo.get_group(group_id)
+            org = await tx.repo.get_organization(group.organization_id) if group else None
+        if group is None or org is None or org.deleted:
+            raise errors.NotFound("group", group_id)
+        await self.require(
+            p,
+            org_ref(group.organization_id),
+            capability,
+            organization_id=group.organization_id,
+            action=action,
+            kind="group",
+            ident=group_id,
+        )
+        return group
+
+    async def replay(self, tx, key: str, loader) -> Any:
+        """The earlier result of a retried request (same caller, method and request_id), or None."""
+        result_id = await tx.repo.request_result(key) if key else None
+        if result_id is None:
+            return None
+        return await loader(result_id)

@@ -1,0 +1,241 @@
+"""Tenancy entities and the rules that need no I/O (no grpc, no sqlalchemy)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from gatehouse.kit import errors
+
+ACTIVE, DELETED = "ACTIVE", "DELETED"
+# Roles, lowest first (the authz catalog's role names).
+ORG_ROLES = ("viewer", "member", "admin", "owner")
+WORKSPACE_ROLES = ("viewer", "member", "admin", "owner")
+ASSIGNABLE_ROLES = ("viewer", "member", "admin")  # never owner: owner changes only by transfer
+# Membership status (authz MembershipStatus names).
+INVITED, MEMBER_ACTIVE, INACTIVE = "INVITED", "ACTIVE", "INACTIVE"
+# Invitation states.
+PENDING, ACCEPTED, EXPIRED, REVOKED = "PENDING", "ACCEPTED", "EXPIRED", "REVOKED"
+
+DEFAULT_INVITATION_TTL = 7 * 86400
+DEFAULT_RETENTION_DAYS = 30
+DEFAULT_AUDIT_RETENTION_DAYS = 365
+MAX_INVITATION_TTL = 90 * 86400
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")
+RESERVED_SLUGS = frozenset(
+    {
+        "admin",
+        "api",
+        "www",
+        "system",
+        "root",
+        "platform",
+        "gatehouse",
+        "login",
+        "logout",
+        "auth",
+        "oauth",
+        "setup",
+        "static",
+        "assets",
+        "help",
+        "support",
+        "status",
+        "internal",
+        "default",
+        "null",
+        "undefined",
+        "me",
+    }
+)
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass
+class OrgSettings:
+    require_mfa: bool = False
+    invitation_ttl_seconds: int = DEFAULT_INVITATION_TTL
+    deletion_retention_days: int = DEFAULT_RETENTION_DAYS
+    audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
+
+
+@dataclass
+class Organization:
+    id: str
+    name: str
+    slug: str
+    state: str
+    owner_user_id: str
+    settings: OrgSettings
+    create_time: float
+    update_time: float
+    delete_time: float | None = None
+    purge_time: float | None = None
+    version: int = 1
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def deleted(self) -> bool:
+        return self.state == DELETED
+
+
+@dataclass
+class OrgMember:
+    organization_id: str
+    user_id: str
+    role: str
+    status: str
+    create_time: float
+    email: str = ""
+    display_name: str = ""
+
+
+@dataclass
+class Workspace:
+    id: str
+    organization_id: str
+    name: str
+    description: str
+    state: str
+    owner_user_id: str
+    create_time: float
+    update_time: float
+    delete_time: float | None = None
+    purge_time: float | None = None
+    version: int = 1
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def deleted(self) -> bool:
+        return self.state == DELETED
+
+
+@dataclass
+class WorkspaceMember:
+    workspace_id: str
+    principal_type: str  # user or group
+    principal_id: str
+    role: str
+    display_name: str = ""
+
+    @property
+    def member_id(self) -> str:
+        return f"{self.principal_type}:{self.principal_id}"
+
+
+@dataclass
+class Group:
+    id: str
+    organization_id: str
+    name: str
+    description: str
+    create_time: float
+    update_time: float
+    version: int = 1
+    member_count: int = 0
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+
+@dataclass
+class GroupMember:
+    group_id: str
+    user_id: str
+    email: str = ""
+    display_name: str = ""
+
+
+@dataclass
+class Invitation:
+    id: str
+    organization_id: str
+    email: str
+    role: str
+    workspace_roles: list[tuple[str, str]]
+    state: str
+    token_hash: str
+    expire_time: float
+    create_time: float
+    inviter_user_id: str
+    accepted_user_id: str | None = None
+
+    def state_at(self, now: float) -> str:
+        if self.state == PENDING and now >= self.expire_time:
+            return EXPIRED
+        return self.state
+
+
+@dataclass
+class Page:
+    items: list = field(default_factory=list)
+    next_page_token: str = ""
+
+
+# ---- rules ---------------------------------------------------------------
+def normalize_name(value: str) -> str:
+    return " ".join(value.split())
+
+
+def name_key(value: str) -> str:
+    return normalize_name(value).casefold()
+
+
+def check_name(errs: errors.ErrorCollector, field_name: str, value: str) -> None:
+    name = normalize_name(value)
+    errs.require(bool(name), field_name, "is required")
+    errs.require(len(name) <= 200, field_name, "must be at most 200 characters")
+
+
+def check_slug(errs: errors.ErrorCollector, field_name: str, slug: str) -> None:
+    if not SLUG.match(slug or ""):
+        errs.add(
+            field_name,
+            "must be 3-63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+        )
+    elif slug in RESERVED_SLUGS:
+        errs.add(field_name, f"{slug!r} is reserved")
+
+
+def check_email(errs: errors.ErrorCollector, field_name: str, email: str) -> str:
+    email = (email or "").strip().lower()
+    errs.require(bool(EMAIL.match(email)) and len(email) <= 320, field_name, "must be an email address")
+    return email
+
+
+def check_assignable_role(errs: errors.ErrorCollector, field_name: str, role: str | None) -> None:
+    if role == "owner":
+        errs.add(field_name, "owner is given only by transfer of ownership")
+    elif role not in ASSIGNABLE_ROLES:
+        errs.add(field_name, "must be viewer, member or admin")
+
+
+def require_id(errs: errors.ErrorCollector, field_name: str, value: str) -> None:
+    errs.require(bool(value), field_name, "is required")
+
+
+def new_invitation_token() -> tuple[str, str]:
+    """A fresh single-use token and its hash (only the hash is stored)."""
+    token = "inv_" + secrets.token_urlsafe(32)
+    return token, hash_token(token)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_member_id(value: str) -> tuple[str, str]:
+    kind, sep, ident = (value or "").partition(":")
+    if not sep or kind not in ("user", "group") or not ident:
+        raise errors.InvalidArgument.field("member_id", "must be user:<id> or group:<id>")
+    return kind, ident
