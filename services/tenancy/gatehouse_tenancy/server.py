@@ -56,7 +56,7 @@ PUBLIC_METHODS = frozenset(
     }
 )
 MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
-PURGE_INTERVAL = float(os.environ.get("GATEHOUSE_TENANCY_PURGE_INTERVAL", "3600"))
+PURGE_INTERVAL_VARIABLE = "GATEHOUSE_TENANCY_PURGE_INTERVAL"  # seconds between purge runs (default 3600)
 # Fault injection for the crash tests only: the process SIGKILLs itself right after
 # committing the named use case (e.g. "workspace.create"), before authz delivery.
 CRASH_AFTER_COMMIT = "GATEHOUSE_TENANCY_CRASH_AFTER_COMMIT"
@@ -97,6 +97,8 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(tenancy), server)
         group_service_pb2_grpc.add_GroupServiceServicer_to_server(GroupServicer(tenancy), server)
 
+    interval = float(os.environ.get(PURGE_INTERVAL_VARIABLE) or 3600)
+
     async def purge_job() -> None:
         while True:
             try:
@@ -105,7 +107,7 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
                     log.info("purged %s deleted organizations/workspaces", purged)
             except Exception:
                 log.exception("purge job failed; retrying later")
-            await asyncio.sleep(PURGE_INTERVAL)
+            await asyncio.sleep(interval)
 
     return ServiceSpec(
         name=SERVICE,
