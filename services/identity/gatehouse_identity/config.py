@@ -15,6 +15,8 @@ All are environment variables, prefixed ``GATEHOUSE_IDENTITY_``:
 | ``LOCKOUT_WINDOW`` | 900 | the window (s) |
 | ``LOCKOUT_DURATION`` | 900 | how long a lock lasts (s) |
 | ``KEY_RETIRE_GRACE`` | 60 | seconds an old signing key stays published after its last token expired |
+| ``KEY_ACTIVATION_DELAY`` | 10 | a rotated key is published at once but signs only this many seconds later, so verifiers (which refetch keys on an unknown ``kid`` at most every 5 s) know it before they see it |
+| ``TOKEN_LEEWAY`` | 60 | clock-skew margin added to token lifetimes when publishing revocations and retiring keys |
 | ``PROVISION_SERVICE_ACCOUNTS`` | true | create one service account per service and write ``$DATA_DIR/credentials/<svc>.json`` on start |
 
 The argon2 defaults are argon2-cffi's (RFC 9106 "low memory" profile); tests use
@@ -45,6 +47,8 @@ class IdentityConfig:
     lockout_window: float = 900.0
     lockout_duration: float = 900.0
     key_retire_grace: float = 60.0
+    token_leeway: float = 60.0
+    key_activation_delay: float = 10.0
     reset_token_ttl: float = 3600.0
     provision_service_accounts: bool = True
     key_refresh_interval: float = 5.0

@@ -74,6 +74,7 @@ def assemble(settings: Settings, runtime: Runtime, config: IdentityConfig | None
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         refresh_interval=config.key_refresh_interval,
+        activation_delay=config.key_activation_delay,
     )
     relays = []
     # ``service`` is assigned below; the token source only needs it when first called.

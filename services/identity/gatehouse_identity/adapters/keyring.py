@@ -8,8 +8,10 @@
   kept for idempotent retries are encrypted with Fernet under a key derived
   from the KEK (HKDF-SHA256).
 - :class:`Keyring` holds the signing keys in memory, refreshed from the
-  database every few seconds so replicas follow a rotation; the newest key
-  signs, every key not yet past its ``retire_at`` is published in the JWKS.
+  database every few seconds so replicas follow a rotation. A new key is
+  published in the JWKS at once but signs only after ``activation_delay``
+  (verifiers learn it before they meet it); every key not yet past its
+  ``retire_at`` stays published.
 """
 
 from __future__ import annotations
@@ -82,12 +84,14 @@ class Keyring:
         issuer: str,
         audience: str,
         refresh_interval: float = 5.0,
+        activation_delay: float = 0.0,
     ):
         self.db = db
         self._kek = kek
         self.issuer = issuer
         self.audience = audience
         self._refresh_interval = refresh_interval
+        self._activation_delay = activation_delay
         self._keys: list[tuple[jwtkeys.SigningKey, dict, float, float | None]] = []
         self._loaded_at = float("-inf")
 
@@ -147,8 +151,13 @@ class Keyring:
 
     # ---- use -----------------------------------------------------------------
     async def current(self) -> jwtkeys.SigningKey:
+        """The newest key published for at least the activation delay (else the oldest published)."""
         await self._fresh()
-        return self._keys[0][0]
+        ready = time.time() - self._activation_delay
+        for key, _, created_at, _ in self._keys:
+            if created_at <= ready:
+                return key
+        return self._keys[-1][0]
 
     async def jwks(self) -> list[dict]:
         """Every key that may have signed a still-valid token, the current one first."""

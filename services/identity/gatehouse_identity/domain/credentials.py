@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets as _secrets
@@ -33,7 +34,7 @@ def new_recovery_codes(count: int = RECOVERY_CODES) -> list[str]:
     """``xxxxx-xxxxx`` codes of 50 random bits each (base32, no ambiguous padding)."""
     out = []
     for _ in range(count):
-        raw = pyotp.random_base32(16)[:10].lower()
+        raw = base64.b32encode(_secrets.token_bytes(7)).decode()[:10].lower()
         out.append(f"{raw[:5]}-{raw[5:]}")
     return out
 

@@ -119,7 +119,7 @@ class IdentityService:
     @property
     def _publish_for(self) -> float:
         """How long a revocation must be published: the longest token lifetime plus leeway."""
-        return max(self.config.access_token_ttl, self.config.service_token_ttl) + 60.0
+        return max(self.config.access_token_ttl, self.config.service_token_ttl) + self.config.token_leeway
 
     async def _is_admin(self, principal: Principal) -> bool:
         return not principal.is_service and await self.access.is_platform_admin(principal)
@@ -406,15 +406,18 @@ class IdentityService:
             why = "unknown email" if user is None else ("wrong password" if not ok else "account disabled")
             raise await self._login_failed(email_hash, user, why, "INVALID_CREDENTIALS")
         amr: tuple[str, ...] = ("pwd",)
+        if user.mfa_enabled:
+            if not totp_code.strip():
+                raise errors.Unauthenticated("a second factor is required", reason="MFA_REQUIRED")
+            async with self.store.transaction() as tx:
+                second_ok = await self._second_factor(tx, user, totp_code)
+                await tx.commit()  # a code or recovery code is spent even if a later step fails
+            if not second_ok:
+                raise await self._login_failed(
+                    email_hash, user, "invalid second factor", "INVALID_SECOND_FACTOR"
+                )
+            amr = ("pwd", "otp")
         async with self.store.transaction() as tx:
-            if user.mfa_enabled:
-                if not totp_code.strip():
-                    raise errors.Unauthenticated("a second factor is required", reason="MFA_REQUIRED")
-                if not await self._second_factor(tx, user, totp_code):
-                    raise await self._login_failed(
-                        email_hash, user, "invalid second factor", "INVALID_SECOND_FACTOR"
-                    )
-                amr = ("pwd", "otp")
             if self.hasher.needs_rehash(user.password_hash):
                 await tx.update_user(user.id, password_hash=await self._hash(password))
             await tx.clear_failures(email_hash)
@@ -537,7 +540,9 @@ class IdentityService:
             key, previous = await self._idempotent(tx, principal, "RotateSigningKey", request_id)
             if previous is not None:
                 return previous
-            new = await self.keys.rotate(tx.session, self._publish_for + self.config.key_retire_grace)
+            # Old keys keep signing during the activation delay, then their tokens live publish_for.
+            retire_after = self.config.key_activation_delay + self._publish_for + self.config.key_retire_grace
+            new = await self.keys.rotate(tx.session, retire_after)
             jwk = public_jwk(new)
             if key:
                 await tx.put_idempotent(key, json.dumps(jwk).encode())
