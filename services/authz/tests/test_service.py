@@ -9,94 +9,9 @@ import pytest
 
 from gatehouse.authz.v1 import authz_service_pb2 as pb
 from gatehouse.authz.v1 import authz_service_pb2_grpc, decision_pb2, relationship_pb2
-from gatehouse.kit.app import build_server
 from gatehouse.kit.status import bad_request, error_info
-from gatehouse.testing.servers import settings_for
-from gatehouse.testing.tokens import TokenMint
 from gatehouse.type.v1 import refs_pb2
-from gatehouse_authz.server import build
-
-Op = relationship_pb2.RelationshipUpdate.Operation
-
-
-async def start_authz(tmp_path, database_url, mint, name="a"):
-    settings = settings_for(tmp_path / name, service="authz", database_url=database_url)
-
-    def with_test_tokens(settings, runtime):
-        spec = build(settings, runtime)
-        spec.verifier = mint.verifier  # tokens signed by the test's key (identity is not running here)
-        spec.depends_on = ()
-        return spec
-
-    server = build_server(settings, with_test_tokens)
-    port = await server.start()
-    await server.wait_started()
-    return server, port
-
-
-def rel(text: str) -> relationship_pb2.Relationship:
-    left, subject = text.split("@")
-    resource, relation = left.split("#")
-    rtype, rid = resource.split(":")
-    stype, sid = subject.split(":")
-    cap = ""
-    if relation.startswith("grant:"):
-        relation, cap = "grant", relation[6:]
-    return relationship_pb2.Relationship(
-        resource=refs_pb2.ResourceRef(type=rtype, id=rid),
-        relation=relation,
-        subject=refs_pb2.SubjectRef(type=stype, id=sid),
-        capability=cap,
-    )
-
-
-def touch(*texts):
-    return [
-        relationship_pb2.RelationshipUpdate(operation=Op.OPERATION_TOUCH, relationship=rel(t)) for t in texts
-    ]
-
-
-def active(org, user):
-    return relationship_pb2.RelationshipUpdate(
-        operation=Op.OPERATION_TOUCH,
-        membership_state=relationship_pb2.MembershipState(
-            organization_id=org, user_id=user, status=relationship_pb2.MEMBERSHIP_STATUS_ACTIVE
-        ),
-    )
-
-
-def check_req(user, resource, cap, **kw):
-    rtype, rid = resource.split(":")
-    return pb.CheckCapabilityRequest(
-        subject=refs_pb2.SubjectRef(type="user", id=user),
-        resource=refs_pb2.ResourceRef(type=rtype, id=rid),
-        capability=cap,
-        **kw,
-    )
-
-
-@pytest.fixture
-async def authz(tmp_path, database_url):
-    mint = TokenMint()
-    server, port = await start_authz(tmp_path, database_url, mint)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stub = authz_service_pb2_grpc.AuthzServiceStub(channel)
-    svc = mint.md(mint.service())
-    yield stub, mint, svc, database_url
-    await channel.close()
-    await server.stop(0)
-
-
-async def seed(stub, svc):
-    updates = touch(
-        "workspace:w#parent@organization:o",
-        "workspace:w#admin@user:alice",
-        "workspace:w#viewer@user:bob",
-        "platform:platform#platform_admin@user:root",
-    ) + [active("o", "alice"), active("o", "bob")]
-    return (
-        await stub.WriteRelationships(pb.WriteRelationshipsRequest(updates=updates), metadata=svc)
-    ).revision
+from services.authz.tests.helpers import active, check_req, seed, start_authz, touch
 
 
 async def test_write_then_check_and_explain(authz):

@@ -31,6 +31,17 @@ from gatehouse_authz.domain.index import Index
 log = logging.getLogger("gatehouse.authz.follower")
 
 
+async def shielded(coro):
+    """Run a database read to completion even if the caller is cancelled.
+
+    A query cancelled half-way makes SQLAlchemy invalidate its connection, and on
+    aiosqlite that close can hang a closing event loop; a shielded read just
+    finishes (milliseconds) and returns its connection to the pool.
+    """
+    task = asyncio.ensure_future(coro)
+    return await asyncio.shield(task)
+
+
 class Follower:
     def __init__(
         self,
@@ -62,7 +73,7 @@ class Follower:
         """Apply every committed change after the index's revision; returns the new revision."""
         async with self._lock:
             while True:
-                batch = await self.store.changes_since(self.index.revision)
+                batch = await shielded(self.store.changes_since(self.index.revision))
                 if not batch:
                     break
                 for revision, changes in batch:

@@ -9,7 +9,7 @@ from gatehouse.kit.errors import ErrorCollector
 from gatehouse.kit.interceptors import require_principal, require_service_account
 from gatehouse.kit.pagination import decode_token, encode_token, page_after, page_size
 from gatehouse.type.v1 import refs_pb2
-from gatehouse_authz.adapters.follower import Follower
+from gatehouse_authz.adapters.follower import Follower, shielded
 from gatehouse_authz.adapters.store import Filter, Store
 from gatehouse_authz.domain import model as m
 from gatehouse_authz.domain.index import Index, UnknownCapability, UnknownType
@@ -434,8 +434,10 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             )
         if may:
             return
-        # Existence of another tenant's object is not revealed.
-        if not self.index.access(user, resource, amr).capabilities:
+        # Existence of another tenant's object is not revealed: someone with no access to it who is
+        # not an active member of its organization gets NOT_FOUND, as for an id that does not exist.
+        member = org is not None and self.index.membership.get((org, principal.id)) == m.ACTIVE
+        if not member and not self.index.access(user, resource, amr).capabilities:
             raise errors.NotFound(resource[0], resource[1])
         needed = "org:manage_grants" if resource[0] == "organization" else "share"
         raise errors.PermissionDenied(capability=needed, resource=f"{resource[0]}:{resource[1]}")
@@ -543,7 +545,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         since = request.since_revision
         types = set(request.resource_types)
         while True:
-            batch = await self.store.changes_since(since, limit=500)
+            batch = await shielded(self.store.changes_since(since, limit=500))
             if not batch:
                 # Woken by the follower when a newer revision is applied (no polling per watcher).
                 await self.follower.wait_beyond(since, timeout=WATCH_IDLE)
