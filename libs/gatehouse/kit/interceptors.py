@@ -76,6 +76,7 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
             trailer = ((REQUEST_ID_KEY, request_id),)
             context.set_trailing_metadata(trailer)
             started = time.perf_counter()
+            peer = context.peer()  # read now: a call cancelled at shutdown must not be touched afterwards
             code = "OK"
             try:
                 yield
@@ -108,7 +109,7 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
                         "method": method,
                         "code": code,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "peer": context.peer(),
+                        "peer": peer,
                         "principal": principal.subject if principal else None,
                     },
                 )
