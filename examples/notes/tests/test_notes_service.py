@@ -93,7 +93,8 @@ async def env(tmp_path, database_url):
     yield Env(mint, authz_server, authz_address, notes, pb_grpc.NotesServiceStub(channel), admin_authz)
     await channel.close()
     await admin_channel.close()
-    await notes.stop(0)
+    await notes.stop(0)  # ends its Watch stream first ...
+    await asyncio.sleep(0.1)  # ... and lets authz see the stream cancelled before it stops
     await authz_server.stop(0)
 
 
