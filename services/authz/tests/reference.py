@@ -55,6 +55,13 @@ class Reference:
             if t.resource == res and t.subject in holders and t.relation not in ("parent", "grant")
         }
 
+    def own_roles(self, subject, res):
+        return {
+            t.relation
+            for t in self.rows
+            if t.resource == res and t.subject == subject and t.relation not in ("parent", "grant")
+        }
+
     def platform_admin(self, subject):
         return "platform_admin" in self.direct_roles(subject, ("platform", "platform"))
 

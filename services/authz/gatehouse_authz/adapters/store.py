@@ -134,6 +134,8 @@ class Store:
                 updates = list(updates) + [("delete", t) for t in await select_deletes(s)]
             applied: list[m.Change] = []
             for op, item in updates:
+                if isinstance(item, m.Tuple) and item.relation == "parent" and op != "delete":
+                    applied += await self._replace_parent(s, item)
                 applied.append(await self._apply(s, op, item, revision))
             await s.execute(
                 changelog.insert().values(
@@ -153,6 +155,22 @@ class Store:
                 await s.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(revision))))
             await uow.commit()
             return revision
+
+    async def _replace_parent(self, s, item: m.Tuple) -> list[m.Change]:
+        """A resource has one parent: writing a new one removes the old one (in the change log too)."""
+        rows = await s.execute(
+            sa.select(*(relationships.c[f] for f in TUPLE_FIELDS)).where(
+                relationships.c.resource_type == item.resource_type,
+                relationships.c.resource_id == item.resource_id,
+                relationships.c.relation == "parent",
+            )
+        )
+        old = [m.Tuple(*row) for row in rows if m.Tuple(*row) != item]
+        for t in old:
+            await s.execute(
+                relationships.delete().where(*(relationships.c[f] == getattr(t, f) for f in TUPLE_FIELDS))
+            )
+        return [m.Change("delete", t) for t in old]
 
     async def _apply(self, s, op: str, item, revision: int) -> m.Change:
         if isinstance(item, m.Tuple):

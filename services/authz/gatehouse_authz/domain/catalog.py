@@ -7,12 +7,17 @@ at start; every problem is reported with where it is (``types.workspace.roles[2]
 from __future__ import annotations
 
 import pathlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 
 DEFAULT_PATH = pathlib.Path(__file__).resolve().parent.parent / "data" / "catalog.toml"
 PLATFORM = "platform"
 PLATFORM_ADMIN = "platform_admin"
+TYPE_KEYS = frozenset({"roles", "parents", "implied"})
+ROLE_KEYS = frozenset({"name", "adds"})
+RESERVED_RELATIONS = frozenset({"parent", "grant"})
+NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class CatalogError(ValueError):
@@ -72,6 +77,13 @@ def parse_catalog(data: dict, source: str = "catalog") -> Catalog:
     types: dict[str, ResourceType] = {}
     for name, raw in raw_types.items():
         where = f"types.{name}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        for key in sorted(set(raw) - TYPE_KEYS):
+            problems.append(f"{where}.{key}: unknown key (expected one of {', '.join(sorted(TYPE_KEYS))})")
+        if not NAME.fullmatch(name):
+            problems.append(f"{where}: type names are lower-case letters, digits and '_'")
         roles_raw = raw.get("roles")
         if not isinstance(roles_raw, list) or not roles_raw:
             problems.append(f"{where}.roles: needs at least one role")
@@ -83,24 +95,47 @@ def parse_catalog(data: dict, source: str = "catalog") -> Catalog:
             if not isinstance(rname, str) or not rname:
                 problems.append(f"{where}.roles[{i}]: needs a name")
                 continue
+            for key in sorted(set(role) - ROLE_KEYS):
+                problems.append(f"{where}.roles[{i}].{key}: unknown key (expected name, adds)")
             if rname in adds:
                 problems.append(f"{where}.roles[{i}]: duplicate role {rname!r}")
                 continue
+            if rname in RESERVED_RELATIONS:
+                problems.append(f"{where}.roles[{i}]: {rname!r} is reserved for relationships")
             caps = role.get("adds", [])
             if not isinstance(caps, list) or not all(isinstance(c, str) and c for c in caps):
                 problems.append(f"{where}.roles[{i}].adds: must be a list of capability names")
                 caps = []
             roles.append(rname)
             adds[rname] = tuple(caps)
-        parents = tuple(raw.get("parents", ()))
-        implied = {}
-        for i, imp in enumerate(raw.get("implied", [])):
+        parents = raw.get("parents", [])
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            problems.append(f"{where}.parents: must be a list of type names")
+            parents = []
+        implied: dict[str, str] = {}
+        implied_raw = raw.get("implied", [])
+        if not isinstance(implied_raw, list):
+            problems.append(f"{where}.implied: must be a list of {{ parent_role, role }} tables")
+            implied_raw = []
+        for i, imp in enumerate(implied_raw):
+            if not isinstance(imp, dict):
+                problems.append(f"{where}.implied[{i}]: must be a table {{ parent_role, role }}")
+                continue
             pr, r = imp.get("parent_role"), imp.get("role")
+            if not isinstance(pr, str) or not pr:
+                problems.append(f"{where}.implied[{i}].parent_role: is required")
+                continue
             if r not in adds:
                 problems.append(f"{where}.implied[{i}]: role {r!r} is not a role of {name}")
                 continue
+            if pr in implied:
+                problems.append(f"{where}.implied[{i}]: parent role {pr!r} is listed twice")
+                continue
             implied[pr] = r
-        types[name] = ResourceType(name=name, roles=roles, adds=adds, parents=parents, implied=implied)
+        types[name] = ResourceType(name=name, roles=roles, adds=adds, parents=tuple(parents), implied=implied)
+    platform = types.get(PLATFORM)
+    if platform is not None and PLATFORM_ADMIN not in platform.adds:
+        problems.append(f"types.{PLATFORM}.roles: needs the {PLATFORM_ADMIN!r} role")
     for t in types.values():
         for p in t.parents:
             if p not in types:

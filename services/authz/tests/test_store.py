@@ -1,0 +1,126 @@
+"""The authz store and follower on SQLite and PostgreSQL: revisions, atomicity, idempotency,
+the change log, snapshots, and following another writer (LISTEN/NOTIFY on PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gatehouse.kit import errors
+from gatehouse.kit.db import Database
+from gatehouse.kit.migrations import upgrade_to_head
+from gatehouse_authz.adapters.follower import Follower
+from gatehouse_authz.adapters.store import Filter, Store
+from gatehouse_authz.domain import model as m
+from gatehouse_authz.domain.catalog import load_catalog
+from gatehouse_authz.domain.index import Index
+from gatehouse_authz.server import MIGRATIONS
+
+CATALOG = load_catalog()
+
+
+def t(rid: str, relation: str, user: str) -> m.Tuple:
+    return m.Tuple("workspace", rid, relation, "user", user)
+
+
+@pytest.fixture
+async def store(database_url):
+    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, database_url)
+    db = Database(database_url)
+    yield Store(db)
+    await db.dispose()
+
+
+async def test_writes_get_consecutive_revisions_and_a_change_log(store):
+    first = await store.write(
+        [("touch", t("w", "admin", "a")), ("touch", m.State("membership", "o|a", m.ACTIVE))]
+    )
+    second = await store.write([("delete", t("w", "admin", "a")), ("touch", t("w", "viewer", "a"))])
+    assert (first, second) == (1, 2) and await store.head() == 2
+    log = await store.changes_since(0)
+    assert [r for r, _ in log] == [1, 2]
+    assert log[1][1] == [m.Change("delete", t("w", "admin", "a")), m.Change("put", t("w", "viewer", "a"))]
+    revision, snapshot = await store.snapshot()
+    assert revision == 2
+    assert set(snapshot) == {
+        m.Change("put", t("w", "viewer", "a")),
+        m.Change("put", m.State("membership", "o|a", m.ACTIVE)),
+    }
+
+
+async def test_concurrent_writers_never_share_or_skip_a_revision(store):
+    revisions = await asyncio.gather(
+        *(store.write([("touch", t("w", "viewer", f"u{i}"))]) for i in range(12))
+    )
+    assert sorted(revisions) == list(range(1, 13))
+    assert [r for r, _ in await store.changes_since(0)] == list(range(1, 13))
+
+
+async def test_atomic_preconditions_and_create(store):
+    await store.write([("touch", t("w", "owner", "o"))])
+    with pytest.raises(errors.FailedPrecondition):
+        await store.write(
+            [("touch", t("w", "admin", "x")), ("delete", t("w", "owner", "o"))],
+            preconditions=[(False, Filter(resource_type="workspace", relation="owner"))],
+        )
+    with pytest.raises(errors.FailedPrecondition):
+        await store.write([("touch", t("w", "admin", "y")), ("create", t("w", "owner", "o"))])
+    assert await store.head() == 1
+    _, snapshot = await store.snapshot()
+    assert snapshot == [m.Change("put", t("w", "owner", "o"))]
+    assert (
+        await store.write(
+            [("touch", t("w", "admin", "x"))],
+            preconditions=[(True, Filter(resource_id="w", relation="owner"))],
+        )
+        == 2
+    )
+
+
+async def test_idempotent_by_request_id(store):
+    first = await store.write([("touch", t("w", "viewer", "a"))], request_id="k1")
+    again = await store.write([("touch", t("w", "viewer", "b"))], request_id="k1")
+    assert again == first and await store.head() == first
+    _, snapshot = await store.snapshot()
+    assert snapshot == [m.Change("put", t("w", "viewer", "a"))]
+
+
+async def test_follower_applies_another_writers_changes(store, database_url):
+    index = Index(CATALOG)
+    follower = Follower(store, index)
+    await follower.load()
+    task = asyncio.create_task(follower.run())
+    other = Database(database_url)  # a second writer: another replica's connection pool
+    try:
+        if store.db.is_postgres:
+            for _ in range(100):  # LISTEN is up before we measure
+                if follower.listening:
+                    break
+                await asyncio.sleep(0.02)
+            assert follower.listening
+        revision = await Store(other).write([("touch", t("w", "owner", "z"))])
+        started = time.monotonic()
+        await follower.wait_beyond(revision - 1, timeout=5)
+        assert index.check(("user", "z"), ("workspace", "w"), "delete:workspace").allowed
+        # on PostgreSQL the notification wakes the follower long before its 1 s fallback poll
+        assert time.monotonic() - started < (0.8 if store.db.is_postgres else 2.0)
+        with pytest.raises(errors.Unavailable):
+            await follower.wait_for(revision + 1, timeout=0.2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await other.dispose()
+
+
+async def test_a_new_parent_replaces_the_old_one(store):
+    await store.write([("touch", m.Tuple("workspace", "w", "parent", "organization", "o1"))])
+    await store.write([("touch", m.Tuple("workspace", "w", "parent", "organization", "o2"))])
+    _, snapshot = await store.snapshot()
+    assert snapshot == [m.Change("put", m.Tuple("workspace", "w", "parent", "organization", "o2"))]
+    index = Index(CATALOG)
+    for revision, changes in await store.changes_since(0):
+        index.apply(changes, revision)
+    assert index.parent[("workspace", "w")] == ("organization", "o2")
+    assert ("workspace", "w") not in index.children[("organization", "o1")]
