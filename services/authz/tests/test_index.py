@@ -253,3 +253,75 @@ def test_catalog_validation_reports_every_problem():
         assert fragment in text
     with pytest.raises(CatalogError, match="required type is missing"):
         parse_catalog({"types": {"workspace": {"roles": [{"name": "viewer"}]}}})
+
+
+def test_deleted_organization_takes_everything_under_it(world):
+    put(world, rel("organization:o#owner@user:u"), member("o", "u"), rel("dataset:d#grant:read@user:g"))
+    assert world.lookup_resources(("user", "u"), "dataset", "share") == ["d"]
+    put(world, m.State("deleted", "organization:o"))
+    for res, cap in (
+        (("organization", "o"), "org:view"),
+        (("workspace", "w"), "chat"),
+        (("dataset", "d"), "read"),
+    ):
+        assert world.check(("user", "u"), res, cap).reason == m.RESOURCE_DELETED
+    assert world.check(("user", "g"), ("dataset", "d"), "read").reason == m.RESOURCE_DELETED
+    assert world.lookup_resources(("user", "u"), "workspace", "chat") == []
+    assert world.lookup_subjects(("workspace", "w"), "chat") == []
+
+
+def test_lookups_leave_out_disabled_and_inactive_users(world):
+    put(
+        world,
+        rel("workspace:w#viewer@user:a"),
+        rel("workspace:w#viewer@user:b"),
+        rel("workspace:w#viewer@user:c"),
+        member("o", "a"),
+        member("o", "b", m.INACTIVE),
+        m.State("disabled", "user:c"),
+    )
+    assert world.lookup_subjects(("workspace", "w"), "chat") == ["a"]
+    assert world.lookup_resources(("user", "b"), "workspace", "chat") == []
+    assert world.lookup_resources(("user", "c"), "workspace", "chat") == []
+
+
+def test_lookup_walk_follows_the_answer_not_the_data(world):
+    """An organization member (a role that implies nothing on workspaces) is never expanded into
+    the organization's thousand workspaces; an organization admin is (they are the answer)."""
+    put(world, *[rel(f"workspace:x{i}#parent@organization:o") for i in range(1000)])
+    put(
+        world,
+        rel("organization:o#member@user:m"),
+        rel("organization:o#admin@user:a"),
+        rel("workspace:x7#viewer@user:m"),
+    )
+    assert world._reachable(("user", "m"), "workspace") == {("workspace", "x7")}
+    assert world.lookup_resources(("user", "m"), "workspace", "chat") == ["x7"]
+    assert len(world.lookup_resources(("user", "a"), "workspace", "manage:members")) == 1001
+
+
+def test_explain_names_the_path_and_the_reasons(world):
+    put(
+        world,
+        member("o", "u"),
+        rel("group:g1#member@user:u"),
+        rel("organization:o#admin@group:g1"),
+        rel("dataset:d#grant:read@organization:o"),
+        member("o", "x"),
+    )
+    steps = world.explain(("user", "u"), ("dataset", "d"), "delete")
+    assert [s.relationship for s in steps] == [
+        "group:g1#member@user:u",
+        "organization:o#admin@group:g1",
+        "workspace:w#parent@organization:o",
+        "dataset:d#parent@workspace:w",
+        "",
+    ]
+    assert steps[-1].description == "role admin on dataset holds delete"
+    grant = world.explain(("user", "x"), ("dataset", "d"), "read")
+    assert [s.reason for s in grant] == [m.ORGANIZATION_GRANT, m.ORGANIZATION_GRANT]
+    assert grant[1].relationship == "dataset:d#grant:read@organization:o"
+    put(world, m.State("deleted", "workspace:w"))
+    assert world.explain(("user", "u"), ("dataset", "d"), "read")[0].description == (
+        "workspace:w is deleted (a parent of dataset:d)"
+    )

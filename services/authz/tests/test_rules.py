@@ -484,3 +484,36 @@ async def test_lookups_and_reads_are_complete_across_pages(authz):
         if not token:
             break
     assert sorted(rows) == users[:10] and len(rows) == 10
+
+
+async def test_role_matrix_through_the_api_is_exact(authz):
+    """Every capability each workspace and organization role has, and (by equality) every one it lacks."""
+    from services.authz.tests.test_index import ORDER, ORG_CAPS, WS_CAPS, cumulative
+
+    stub, _, svc, _ = authz
+    revision = await write(
+        stub,
+        svc,
+        "workspace:w#parent@organization:o",
+        *[f"workspace:w#{role}@user:ws_{role}" for role in ORDER],
+        *[f"organization:o#{role}@user:org_{role}" for role in ORDER],
+        extra=[active("o", f"{kind}_{role}") for kind in ("ws", "org") for role in ORDER],
+    )
+    at = R.Consistency(at_least_revision=revision)
+    for kind, resource, table in (("ws", "workspace:w", WS_CAPS), ("org", "organization:o", ORG_CAPS)):
+        for role in ORDER:
+            access = await stub.GetAccess(
+                pb.GetAccessRequest(
+                    subject=sub(f"user:{kind}_{role}"), resource=ref(resource), consistency=at
+                ),
+                metadata=svc,
+            )
+            assert list(access.capabilities) == sorted(cumulative(table, role)), (kind, role)
+            assert (access.member_role, access.effective_role) == (role, role)
+            every = sorted(set().union(*table.values()))
+            batch = await stub.CheckCapabilities(
+                pb.CheckCapabilitiesRequest(items=[check_req(f"{kind}_{role}", resource, c) for c in every]),
+                metadata=svc,
+            )
+            held = {c for c, r in zip(every, batch.results, strict=True) if r.allowed}
+            assert held == cumulative(table, role), (kind, role)
