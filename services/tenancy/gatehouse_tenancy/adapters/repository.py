@@ -95,16 +95,16 @@ class Repository:
 
     async def mark_bootstrapped(self, admin_user_id: str, organization_id: str) -> None:
         """Insert the single setup row; a concurrent second bootstrap fails on the primary key."""
+        # No SAVEPOINT (pysqlite's would commit early): a failure aborts the whole unit of work anyway.
         try:
-            async with self.s.begin_nested():
-                await self.s.execute(
-                    t.setup_state.insert().values(
-                        id=1,
-                        admin_user_id=admin_user_id,
-                        organization_id=organization_id,
-                        create_time=time.time(),
-                    )
+            await self.s.execute(
+                t.setup_state.insert().values(
+                    id=1,
+                    admin_user_id=admin_user_id,
+                    organization_id=organization_id,
+                    create_time=time.time(),
                 )
+            )
         except IntegrityError:
             raise errors.FailedPrecondition(
                 "the deployment is already bootstrapped", reason="ALREADY_BOOTSTRAPPED"
@@ -148,8 +148,7 @@ class Repository:
 
     async def insert_organization(self, org: m.Organization) -> None:
         try:
-            async with self.s.begin_nested():
-                await self.s.execute(t.organizations.insert().values(**self._org_values(org)))
+            await self.s.execute(t.organizations.insert().values(**self._org_values(org)))
         except IntegrityError:
             raise errors.AlreadyExists(
                 "an organization with this name or slug already exists", reason=None
@@ -179,10 +178,9 @@ class Repository:
         values = self._org_values(org)
         values.pop("id")
         try:
-            async with self.s.begin_nested():
-                await self.s.execute(
-                    t.organizations.update().where(t.organizations.c.id == org.id).values(**values)
-                )
+            await self.s.execute(
+                t.organizations.update().where(t.organizations.c.id == org.id).values(**values)
+            )
         except IntegrityError:
             raise errors.AlreadyExists("an organization with this name already exists") from None
 
