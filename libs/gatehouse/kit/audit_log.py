@@ -155,9 +155,25 @@ def audit_relay(
         events = [audit_event_pb2.AuditEvent.FromString(e.payload) for e in entries]
         token = await token_source()
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        await stub.IngestEvents(
-            audit_service_pb2.IngestEventsRequest(events=events), timeout=timeout, metadata=metadata
-        )
+        await _send(events, metadata)
+
+    async def _send(events: list, metadata) -> None:
+        try:
+            await stub.IngestEvents(
+                audit_service_pb2.IngestEventsRequest(events=events), timeout=timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            # One event audit rejects must not hold back the others of its batch: deliver the
+            # halves (ingest is idempotent), then still fail so the batch stays pending and retried.
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or len(events) == 1:
+                raise
+            middle = len(events) // 2
+            for half in (events[:middle], events[middle:]):
+                try:
+                    await _send(half, metadata)
+                except grpc.aio.AioRpcError:
+                    pass
+            raise
 
     relay_options.setdefault("batch_size", 500)
     return outbox.OutboxRelay(database, TOPIC, deliver, **relay_options)

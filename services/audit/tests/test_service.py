@@ -18,7 +18,7 @@ from gatehouse.testing.tokens import TokenMint
 from gatehouse_audit.adapters.tables import events as events_table
 from gatehouse_audit.domain.usecases import READ_ACTION
 from services.audit.tests.helpers import event, generate_keys_env, start_audit
-from services.authz.tests.test_service import active, start_authz, touch
+from services.authz.tests.helpers import active, start_authz, touch
 
 RELATIONSHIPS = [
     "workspace:wa1#parent@organization:A",

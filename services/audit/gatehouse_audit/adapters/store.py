@@ -31,6 +31,7 @@ from gatehouse_audit.domain.retention import retention_days_of
 
 EVENT_FIELDS = [f.name for f in fields(Event)]
 PAGE = 1000
+_COPY = f"COPY {events.name} ({', '.join(EVENT_FIELDS)}) FROM STDIN"
 
 
 def _event(row) -> Event:
@@ -79,6 +80,22 @@ class AuditStore:
         return self._write_lock if self._write_lock is not None else contextlib.nullcontext()
 
     async def _lock_heads(self, session, orgs: list[str]) -> dict[str, ChainState]:
+        """Lock the head rows of ``orgs`` (creating missing ones) in organization order."""
+
+        async def lock() -> dict[str, ChainState]:
+            rows = await session.execute(
+                sa.select(chains)
+                .where(chains.c.organization_id.in_(orgs))
+                .order_by(chains.c.organization_id)
+                .with_for_update()
+            )
+            return {r.organization_id: _state(r) for r in rows}
+
+        if self.db.is_postgres:  # common case: every head exists, one round trip
+            heads = await lock()
+            if len(heads) == len(orgs):
+                return heads
+        # SQLite: this write comes first so the transaction holds the write lock before it reads
         empty = [
             {
                 "organization_id": org,
@@ -91,13 +108,18 @@ class AuditStore:
             for org in orgs
         ]
         await session.execute(self._insert(chains).values(empty).on_conflict_do_nothing())
-        rows = await session.execute(
-            sa.select(chains)
-            .where(chains.c.organization_id.in_(orgs))
-            .order_by(chains.c.organization_id)
-            .with_for_update()
-        )
-        return {r.organization_id: _state(r) for r in rows}
+        return await lock()
+
+    async def _insert_events(self, session, fresh: list[Event]) -> None:
+        """One INSERT per batch: COPY on PostgreSQL (same transaction), executemany on SQLite."""
+        if not self.db.is_postgres:
+            await session.execute(events.insert(), [{n: getattr(e, n) for n in EVENT_FIELDS} for e in fresh])
+            return
+        connection = await (await session.connection()).get_raw_connection()
+        cursor = connection.driver_connection.cursor()
+        async with cursor.copy(_COPY) as copy:
+            for e in fresh:
+                await copy.write_row([getattr(e, n) for n in EVENT_FIELDS])
 
     async def _append(self, session, batch: Sequence[Event]) -> IngestResult:
         unique: dict[str, Event] = {}
@@ -122,7 +144,7 @@ class AuditStore:
             if days is not None:
                 settings[event.organization_id] = (days, event.id)
         if fresh:
-            await session.execute(events.insert(), [{n: getattr(e, n) for n in EVENT_FIELDS} for e in fresh])
+            await self._insert_events(session, fresh)
             changed = [
                 {"b_org": org, "b_seq": seq, "b_hash": h}
                 for org, (seq, h) in tips.items()
