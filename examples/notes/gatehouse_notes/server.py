@@ -117,10 +117,10 @@ class NotesServer:
         self.authz = AuthzClient(
             self._channel(s.authz_address), token_source=token, timeout=s.authz_timeout, cache_ttl=s.cache_ttl
         )
-        self.guard = Guard(
-            self.authz,
-            self._verifier or identity_verifier(identity, issuer=s.token_issuer, audience=s.token_audience),
+        self.verifier = self._verifier or identity_verifier(
+            identity, issuer=s.token_issuer, audience=s.token_audience, token_source=token
         )
+        self.guard = Guard(self.authz, self.verifier)
         self.health = health.aio.HealthServicer()
         server = grpc.aio.server(
             interceptors=[
@@ -156,6 +156,8 @@ class NotesServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if hasattr(self.verifier, "close"):
+            await self.verifier.close()
         for channel in self._channels:
             await channel.close()
         await self.db.dispose()

@@ -9,7 +9,7 @@
 from gatehouse.client.authz import Access, AuthzClient, AuthzUnavailable, DecisionCache
 from gatehouse.client.client import GatehouseClient
 from gatehouse.client.credentials import ServiceAccountCredentials, SessionCredentials, StaticToken
-from gatehouse.client.guard import Guard, Rule, from_field, identity_verifier, requires
+from gatehouse.client.guard import Guard, IdentityVerifier, Rule, from_field, identity_verifier, requires
 from gatehouse.client.retry import RetryPolicy, is_idempotent
 from gatehouse.kit.authz_guard import Decision
 
@@ -21,6 +21,7 @@ __all__ = [
     "DecisionCache",
     "GatehouseClient",
     "Guard",
+    "IdentityVerifier",
     "RetryPolicy",
     "Rule",
     "ServiceAccountCredentials",

@@ -80,6 +80,21 @@ class GatehouseClient:
             )
         return self._channels[address]
 
+    def backend_channel(self, address: str) -> grpc.aio.Channel:
+        """A channel to another backend (e.g. one guarded with :class:`~gatehouse.client.Guard`) that
+        carries this client's token, deadline, retries and trace context, like the Gatehouse channels."""
+        key = f"backend:{address}"
+        if key not in self._channels:
+            self._channels[key], self._retriers[key] = open_channel(
+                address,
+                token_source=lambda: self.credentials,
+                retry=self._retry,
+                timeout=self._timeout,
+                telemetry=self._telemetry,
+                options=self._options,
+            )
+        return self._channels[key]
+
     @property
     def retries(self) -> int:
         """Retries made so far (all channels)."""
