@@ -76,3 +76,15 @@ async def refused_by_authz(identity, token: str, user_id: str) -> bool:
 
 async def get_self(identity, token: str, user_id: str):
     return await identity.stub.GetUser(pb.GetUserRequest(user_id=user_id), metadata=md(token))
+
+
+async def all_pages(rpc, make_request, items: str, metadata, *, max_pages: int = 10) -> list:
+    """Every item of a paginated List RPC, following next_page_token (bounded)."""
+    out, token = [], ""
+    for _ in range(max_pages):
+        page = await rpc(make_request(token), metadata=metadata)
+        out += list(getattr(page, items))
+        token = page.next_page_token
+        if not token:
+            return out
+    raise AssertionError(f"more than {max_pages} pages")

@@ -11,7 +11,7 @@ import grpc
 from gatehouse.identity.v1 import identity_service_pb2 as pb
 from gatehouse.kit.service_auth import PROVISIONED_SERVICES, credentials_path, load_credentials
 from gatehouse.testing.identity import running_identity
-from services.identity.tests.helpers import admin_token, eventually, fails, md
+from services.identity.tests.helpers import admin_token, all_pages, eventually, fails, md
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 
@@ -81,16 +81,14 @@ async def test_service_account_admin_rpcs_and_deletion_revokes_tokens(identity_a
         identity.stub.CreateServiceAccount(pb.CreateServiceAccountRequest(name="robot"), metadata=md(admin)),
         grpc.StatusCode.ALREADY_EXISTS,
     )
-    names, token = [], ""
-    for _ in range(10):
-        page = await identity.stub.ListServiceAccounts(
-            pb.ListServiceAccountsRequest(page_size=2, page_token=token), metadata=md(admin)
-        )
-        names += [a.name for a in page.service_accounts]
-        token = page.next_page_token
-        if not token:
-            break
-    assert sorted(names) == sorted([*PROVISIONED_SERVICES, "robot"])
+    accounts = await all_pages(
+        identity.stub.ListServiceAccounts,
+        lambda t: pb.ListServiceAccountsRequest(page_size=2, page_token=t),
+        "service_accounts",
+        md(admin),
+    )
+    assert [a.id for a in accounts] == sorted(a.id for a in accounts)  # keyset order by id
+    assert sorted(a.name for a in accounts) == sorted([*PROVISIONED_SERVICES, "robot"])
     robot = await identity.stub.IssueServiceToken(
         pb.IssueServiceTokenRequest(
             client_id=created.service_account.client_id, client_secret=created.client_secret

@@ -8,7 +8,7 @@ from google.protobuf import field_mask_pb2
 from gatehouse.identity.v1 import identity_service_pb2 as pb
 from gatehouse.identity.v1 import user_pb2
 from gatehouse.kit.status import bad_request
-from services.identity.tests.helpers import admin_token, fails, md
+from services.identity.tests.helpers import admin_token, all_pages, fails, md
 from services.identity.tests.test_login import audit_actions
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
@@ -36,7 +36,9 @@ async def test_create_user_rules(identity_authz):
         ),
         grpc.StatusCode.ALREADY_EXISTS,
     )
-    assert (await audit_actions(identity)).count("identity.user.created") == 3  # nobody, admin, uma
+    actions = await audit_actions(identity)
+    assert actions.count("identity.user.created") == 3  # nobody, admin, uma
+    assert actions.count("identity.access.denied") == 1  # nobody's attempt
 
 
 async def test_admin_rpcs_fail_closed_when_authz_is_down(identity):
@@ -101,16 +103,10 @@ async def test_list_users_paginates_and_filters(identity_authz):
     identity = identity_authz
     admin_id, admin = await admin_token(identity)
     ids = [admin_id] + [await identity.create_user(f"list{i}@example.com") for i in range(4)]
-    seen, token = [], ""
-    for _ in range(10):
-        page = await identity.stub.ListUsers(
-            pb.ListUsersRequest(page_size=2, page_token=token), metadata=md(admin)
-        )
-        seen += [u.id for u in page.users]
-        token = page.next_page_token
-        if not token:
-            break
-    assert seen == sorted(ids)
+    pages = await all_pages(
+        identity.stub.ListUsers, lambda t: pb.ListUsersRequest(page_size=2, page_token=t), "users", md(admin)
+    )
+    assert [u.id for u in pages] == sorted(ids)
     filtered = await identity.stub.ListUsers(pb.ListUsersRequest(filter="email:list"), metadata=md(admin))
     assert len(filtered.users) == 4
     await identity.stub.DisableUser(pb.DisableUserRequest(user_id=ids[1]), metadata=md(admin))

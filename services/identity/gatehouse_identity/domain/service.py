@@ -124,10 +124,26 @@ class IdentityService:
     async def _is_admin(self, principal: Principal) -> bool:
         return not principal.is_service and await self.access.is_platform_admin(principal)
 
-    async def _require_admin(self, principal: Principal, *, services_too: bool = False) -> None:
+    async def _denied(self, principal: Principal, operation: str, reason: str, target=None) -> None:
+        """Every denial is an audit event (its own transaction: the denied change never happens)."""
+        async with self.store.transaction() as tx:
+            await tx.audit(
+                "identity.access.denied",
+                actor=principal,
+                outcome="DENIED",
+                reason=reason,
+                target=target,
+                details={"operation": operation},
+            )
+            await tx.commit()
+
+    async def _require_admin(
+        self, principal: Principal, operation: str, *, services_too: bool = False
+    ) -> None:
         if services_too and principal.is_service:
             return
         if not await self._is_admin(principal):
+            await self._denied(principal, operation, "platform admins only")
             raise errors.PermissionDenied(
                 "platform admins only",
                 capability="platform:manage_users",
@@ -141,6 +157,10 @@ class IdentityService:
         allowed = principal.is_service or principal.id == user_id or await self._is_admin(principal)
         user = await tx.get_user(user_id) if allowed else None
         if user is None:
+            if not allowed:
+                await self._denied(
+                    principal, "read user", "not self and not a platform admin", ("user", user_id)
+                )
             raise _not_found_user(user_id)
         return user
 
@@ -175,7 +195,7 @@ class IdentityService:
     async def create_user(
         self, principal: Principal, email: str, display_name: str, password: str, request_id: str = ""
     ) -> m.User:
-        await self._require_admin(principal, services_too=True)
+        await self._require_admin(principal, "CreateUser", services_too=True)
         errs = ErrorCollector()
         email = _validate_email(email, errs)
         display_name = _validate_display_name(display_name, errs)
@@ -228,7 +248,7 @@ class IdentityService:
     async def list_users(
         self, principal: Principal, after: str, limit: int, filter_text: str
     ) -> list[m.User]:
-        await self._require_admin(principal)
+        await self._require_admin(principal, "ListUsers")
         email_prefix = state = ""
         text = filter_text.strip()
         if text:
@@ -269,6 +289,9 @@ class IdentityService:
         async with self.store.transaction() as tx:
             user = await self._visible_user(tx, principal, user_id)
             if "email" in values and not await self._is_admin(principal):
+                await self._denied(
+                    principal, "UpdateUser", "only platform admins change emails", ("user", user_id)
+                )
                 raise errors.PermissionDenied(
                     "only platform admins may change an email",
                     capability="platform:manage_users",
@@ -288,7 +311,7 @@ class IdentityService:
 
     async def set_user_state(self, principal: Principal, user_id: str, disabled: bool) -> m.User:
         """DisableUser / EnableUser: sessions revoked, authz told through the outbox, in one transaction."""
-        await self._require_admin(principal)
+        await self._require_admin(principal, "DisableUser/EnableUser")
         state = m.DISABLED if disabled else m.ACTIVE
         async with self.store.transaction() as tx:
             user = await tx.get_user(user_id)
@@ -493,7 +516,10 @@ class IdentityService:
         user_id = user_id or _require_user(principal).id
         async with self.store.transaction() as tx:
             if principal.id != user_id or principal.is_service:
-                if not await self._is_admin(principal) or await tx.get_user(user_id) is None:
+                if not await self._is_admin(principal):
+                    await self._denied(principal, "ListSessions", "not own sessions", ("user", user_id))
+                    raise _not_found_user(user_id)
+                if await tx.get_user(user_id) is None:
                     raise _not_found_user(user_id)
             return await tx.list_sessions(user_id, before, limit, show_revoked=show_revoked, now=time.time())
 
@@ -504,7 +530,10 @@ class IdentityService:
         async with self.store.transaction() as tx:
             session = await tx.get_session(session_id)
             own = session is not None and not principal.is_service and session.user_id == principal.id
-            if session is None or not (own or await self._is_admin(principal)):
+            if session is None:
+                raise errors.NotFound("session", session_id)
+            if not (own or await self._is_admin(principal)):
+                await self._denied(principal, "RevokeSession", "not own session", ("session", session_id))
                 raise errors.NotFound("session", session_id)
             if await tx.revoke_session(session, m.REVOKED, now, self._publish_for):
                 await tx.audit("identity.session.revoked", reason=m.REVOKED, target=("session", session.id))
@@ -535,7 +564,7 @@ class IdentityService:
         return await self.keys.jwks()
 
     async def rotate_signing_key(self, principal: Principal, request_id: str = "") -> dict:
-        await self._require_admin(principal)
+        await self._require_admin(principal, "RotateSigningKey")
         async with self.store.transaction() as tx:
             key, previous = await self._idempotent(tx, principal, "RotateSigningKey", request_id)
             if previous is not None:
@@ -623,7 +652,7 @@ class IdentityService:
             await tx.commit()
 
     async def create_reset_token(self, principal: Principal, user_id: str) -> tuple[str, float]:
-        await self._require_admin(principal)
+        await self._require_admin(principal, "CreatePasswordResetToken")
         now = time.time()
         token = cred.new_token()
         expire_at = now + self.config.reset_token_ttl
@@ -676,7 +705,7 @@ class IdentityService:
     ) -> CreatedServiceAccount:
         """Platform admins (``principal=None``: identity itself, for provisioning)."""
         if principal is not None:
-            await self._require_admin(principal)
+            await self._require_admin(principal, "CreateServiceAccount")
         if not SERVICE_ACCOUNT_NAME.match(name or ""):
             raise errors.InvalidArgument.field("name", "must be 1-63 characters of [a-z0-9-]")
         async with self.store.transaction() as tx:
@@ -743,12 +772,12 @@ class IdentityService:
     async def list_service_accounts(
         self, principal: Principal, after: str, limit: int
     ) -> list[m.ServiceAccount]:
-        await self._require_admin(principal)
+        await self._require_admin(principal, "ListServiceAccounts")
         async with self.store.transaction() as tx:
             return await tx.list_service_accounts(after, limit)
 
     async def delete_service_account(self, principal: Principal, account_id: str) -> None:
-        await self._require_admin(principal)
+        await self._require_admin(principal, "DeleteServiceAccount")
         now = time.time()
         async with self.store.transaction() as tx:
             account = await tx.get_service_account(id=account_id) if account_id else None
