@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gatehouse.audit.v1 import audit_event_pb2 as epb
 from gatehouse.audit.v1 import audit_service_pb2 as pb
@@ -252,10 +253,12 @@ async def test_export_streams_everything_in_scope(stack):
 async def test_checkpoint_and_verify_detect_an_edit(stack):
     stub, user, _, trail, servers = stack
     md = user("org_admin_a")
-    checkpoint = (
-        await stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id="A"), metadata=md)
-    ).checkpoint
+    answer = await stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id="A"), metadata=md)
+    checkpoint = answer.checkpoint
     assert checkpoint.sequence == 60 and len(checkpoint.signature) == 64
+    # anyone holding the public key can check the checkpoint offline (raises if it does not verify)
+    signed = b"gatehouse-audit-checkpoint/v1\n" + f'["A",60,"{checkpoint.head_hash.hex()}"]'.encode()
+    Ed25519PublicKey.from_public_bytes(answer.public_key).verify(checkpoint.signature, signed)
     ok = await stub.VerifyChain(
         pb.VerifyChainRequest(organization_id="A", checkpoint=checkpoint), metadata=md
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import os
 import secrets
 import stat
@@ -251,6 +252,21 @@ async def test_retention_comes_from_tenancy_events(env):
     soon = time.time_ns() // 1000 + 31 * DAY_US
     assert await audit.purge_expired(now_us=soon) == {"org-r": 4}  # other chains keep 365 days
     assert (await audit.verify("org-r")).ok
+
+
+async def test_time_range_and_keyset(env):
+    audit, _, _ = env
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    batch = [event("o1", occur=base + dt.timedelta(hours=h)) for h in range(10)]
+    await audit.ingest(domain_events(batch))
+    hour = 3_600_000_000
+    start = int(base.timestamp() * 1_000_000)
+    window = EventFilter(organization_ids=("o1",), start_us=start + 2 * hour, end_us=start + 5 * hour)
+    assert [e.id for e in await audit.store.list(window, 100)] == [batch[4].id, batch[3].id, batch[2].id]
+    first = await audit.store.list(EventFilter(organization_ids=("o1",)), 4)
+    after = (first[-1].occur_us, first[-1].id)
+    rest = await audit.store.list(EventFilter(organization_ids=("o1",)), 100, after)
+    assert [e.id for e in first + rest] == [e.id for e in reversed(batch)]
 
 
 async def test_list_filters_and_stream(env):

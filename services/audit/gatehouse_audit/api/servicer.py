@@ -105,7 +105,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                 signature=cp.signature,
                 key_id=cp.key_id,
                 create_time=from_us(cp.create_us),
-            )
+            ),
+            public_key=self.audit.signer.public_raw,
         )
 
     async def VerifyChain(self, request, context):
