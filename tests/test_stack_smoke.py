@@ -30,7 +30,7 @@ def test_stack_starts_serves_health_and_reflection_and_stops_cleanly(tmp_path):
     stack = start_stack(tmp_path / "data")
     try:
         pids = stack.child_pids()
-        assert set(pids) == set(EXPECTED)
+        assert set(pids) == set(EXPECTED) | {"gateway"}
         for service, names in EXPECTED.items():
             with grpc.insecure_channel(stack.addresses[service]) as channel:
                 health = health_pb2_grpc.HealthStub(channel)
@@ -41,7 +41,7 @@ def test_stack_starts_serves_health_and_reflection_and_stops_cleanly(tmp_path):
                 assert names <= listed, (service, listed)
                 assert "grpc.health.v1.Health" in listed
         banner = stack.log()
-        for service in EXPECTED:
+        for service in (*EXPECTED, "gateway"):
             assert stack.addresses[service] in banner
         assert "buf curl" in banner
     finally:

@@ -1,8 +1,9 @@
 """``gatehouse-run``: start the whole deployment on one machine (what ``make run`` calls).
 
-Starts identity, authz, audit and tenancy (and the gateway once it exists) as child
-processes on embedded SQLite files in the data directory, waits until each reports
-SERVING through ``grpc.health.v1``, runs first-time setup on an empty deployment,
+Starts identity, authz, audit and tenancy as child processes on embedded SQLite files
+in the data directory, waits until each reports SERVING through ``grpc.health.v1``,
+then starts the HTTP/JSON gateway and waits for its ``/readyz``, runs first-time setup
+on an empty deployment,
 prints a banner, and then supervises: a child that dies is reported and brings the
 others down (exit code 1); Ctrl-C or SIGTERM stops every child cleanly (exit code 0).
 """
@@ -16,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -25,6 +28,7 @@ from gatehouse.kit.config import PREFIX, SERVICES, ConfigError, Settings
 
 START_ORDER = ("identity", "authz", "audit", "tenancy")
 assert set(START_ORDER) == set(SERVICES)
+GATEWAY = "gateway"  # started once every gRPC service is SERVING
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,10 +127,29 @@ def wait_serving(address: str, deadline: float, is_alive) -> bool:
     return False
 
 
+def wait_http_ready(address: str, deadline: float, is_alive) -> bool:
+    """Poll ``http://address/readyz`` until 200, the deadline, or the child's death."""
+    url = f"http://{address}/readyz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
+    while time.monotonic() < deadline:
+        if not is_alive():
+            return False
+        try:
+            with opener.open(url, timeout=1.0) as answer:
+                if answer.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
 def _banner(settings: Settings, data_dir: Path, setup_note: str) -> str:
     lines = ["", "Gatehouse is running.", ""]
     for service in START_ORDER:
         lines.append(f"  {service:<9} grpc://{settings.address_of(service)}")
+    gateway = settings.address_of(GATEWAY)
+    lines.append(f"  {GATEWAY:<9} http://{gateway}   (OpenAPI: http://{gateway}/openapi.json)")
     lines += [
         "",
         f"  data      {data_dir}   (logs in {data_dir / 'logs'})",
@@ -137,6 +160,7 @@ def _banner(settings: Settings, data_dir: Path, setup_note: str) -> str:
         f"http://{settings.address_of('tenancy')}",
         f"  buf curl --protocol grpc --http2-prior-knowledge "
         f"http://{settings.address_of('tenancy')}/gatehouse.tenancy.v1.SetupService/GetSetupState",
+        f"  curl http://{gateway}/api/v1/setup",
         "",
         "Ctrl-C stops everything.",
         "",
@@ -187,6 +211,21 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+        launcher.start(GATEWAY)
+        gateway = launcher.children[GATEWAY]
+        print(f"gatehouse-run: waiting for {GATEWAY} at {settings.address_of(GATEWAY)} ...", flush=True)
+        if not wait_http_ready(
+            settings.address_of(GATEWAY), deadline, lambda: gateway.poll() is None and not stopping["signal"]
+        ):
+            if stopping["signal"]:
+                return 0
+            code = gateway.poll()
+            why = f"exited with code {code}" if code is not None else "did not become ready in time"
+            print(
+                f"gatehouse-run: {GATEWAY} {why}; see {data_dir / 'logs' / (GATEWAY + '.log')}",
+                file=sys.stderr,
+            )
+            return 1
         from gatehouse.kit.bootstrap import first_time_setup
 
         setup_note = first_time_setup(settings, env)
