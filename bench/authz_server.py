@@ -1,0 +1,77 @@
+"""Server processes for bench_authz.py (not a benchmark itself).
+
+``python bench/authz_server.py noop``  — a bare grpc.aio unary server whose one method returns
+an empty message: the baseline cost of a Python unary RPC.
+
+``python bench/authz_server.py authz`` — the real authz server (``gatehouse_authz.server.build``,
+the kit's interceptors, token verification, health, follower) on ``GATEHOUSE_DATABASE_URL``,
+trusting the public key in ``$BENCH_JWK`` (so the benchmark can mint real tokens without
+identity running).
+
+Each prints one JSON line on stdout once it serves: ``{"port": …, "load_seconds": …}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import grpc
+
+NOOP_METHOD = "/bench.v1.Noop/Call"
+
+
+async def serve_noop() -> None:
+    async def call(_request: bytes, _context) -> bytes:
+        return b""
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(call)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.v1.Noop", {"Call": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(json.dumps({"port": port, "load_seconds": 0.0}), flush=True)
+    await server.wait_for_termination()
+
+
+async def serve_authz() -> None:
+    from gatehouse.kit.app import build_server
+    from gatehouse.kit.auth import JwksCache, TokenVerifier
+    from gatehouse.kit.config import Settings
+    from gatehouse.kit.logs import setup_logging
+    from gatehouse_authz.server import build
+
+    jwk = json.loads(os.environ["BENCH_JWK"])
+
+    async def fetch() -> list[dict]:
+        return [jwk]
+
+    verifier = TokenVerifier(JwksCache(fetch), issuer="gatehouse", audience="gatehouse").verify
+    settings = Settings.from_env("authz")
+    setup_logging("authz", "WARNING", "text")
+    found = {}
+
+    def bench_build(settings, runtime):
+        spec = build(settings, runtime)
+        spec.verifier = verifier
+        spec.depends_on = ()  # identity is not running in the benchmark
+        found["follower"] = next(h.__self__ for h in spec.on_start if getattr(h, "__name__", "") == "load")
+        return spec
+
+    server = build_server(settings, bench_build)
+    port = await server.start()
+    await server.wait_started()
+    print(json.dumps({"port": port, "load_seconds": found["follower"].load_seconds}), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    kind = sys.argv[1]
+    try:
+        asyncio.run(serve_noop() if kind == "noop" else serve_authz())
+    except KeyboardInterrupt:
+        pass
