@@ -34,6 +34,7 @@ from gatehouse.kit.config import DEFAULT_ADDRESSES, _database_url
 from gatehouse.kit.db import Database
 from gatehouse.kit.interceptors import CoreInterceptor
 from gatehouse.kit.migrations import upgrade_to_head
+from gatehouse.kit.server import _enable_reflection
 from gatehouse.kit.telemetry import ServerTelemetryInterceptor, setup_telemetry
 from gatehouse_notes.api import NotesServicer
 from gatehouse_notes.contracts import pb, pb_grpc
@@ -131,9 +132,8 @@ class NotesServer:
         )
         pb_grpc.add_NotesServiceServicer_to_server(NotesServicer(Notes(self.db, self.authz)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        # reflection v1alpha and v1 (buf curl asks for v1 first), as the kit's own servers do
+        _enable_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         self.port = server.add_insecure_port(s.listen_address)
         if not self.port:
             raise OSError(f"cannot listen on {s.listen_address}")

@@ -273,3 +273,17 @@ async def test_list_pages_and_audit_events(env):
             await uow.session.execute(sa.text("SELECT count(*) FROM outbox WHERE topic = 'audit'"))
         ).scalar()
     assert pending == 7  # five creates, one update, one delete: each in its own transaction's outbox
+
+
+async def test_health_and_reflection_need_no_token(env):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{env.notes.port}") as channel:
+        answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        services = [s.name async for r in stream for s in r.list_services_response.service]
+        assert "gatehouse_notes.v1.NotesService" in services
