@@ -20,17 +20,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import fields
 
 import sqlalchemy as sa
+from psycopg.errors import UniqueViolation
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from gatehouse.kit.db import Database
 from gatehouse_audit.adapters.tables import chains, events, retention
-from gatehouse_audit.domain.chain import GENESIS, ChainKey
+from gatehouse_audit.domain.chain import GENESIS, ChainKey, canonical_bytes
 from gatehouse_audit.domain.model import ChainState, Event, EventFilter, IngestResult
 from gatehouse_audit.domain.retention import retention_days_of
 
 EVENT_FIELDS = [f.name for f in fields(Event)]
 PAGE = 1000
+ATTEMPTS = 5
 _COPY = f"COPY {events.name} ({', '.join(EVENT_FIELDS)}) FROM STDIN"
 
 
@@ -60,19 +62,21 @@ class AuditStore:
         self.key = key
         self._insert = postgresql.insert if db.is_postgres else sqlite.insert
         self._write_lock = asyncio.Lock() if not db.is_postgres else None
+        self.retries = 0  # ingest calls retried after losing a race on an event id
 
     # ---- appending ----------------------------------------------------------
     async def ingest(self, batch: Sequence[Event]) -> IngestResult:
         """Store the events not stored yet (by id), chained; idempotent under concurrency."""
-        for attempt in range(3):
+        for attempt in range(ATTEMPTS):
             try:
                 async with self._serialized(), self.db.unit_of_work() as uow:
                     result = await self._append(uow.session, batch)
                     await uow.commit()
                     return result
-            except IntegrityError:
-                # An id stored concurrently under another chain's lock: the retry sees it as a duplicate.
-                if attempt == 2:
+            except (IntegrityError, UniqueViolation):
+                # A racing call stored one of these ids first: the retry sees it as a duplicate.
+                self.retries += 1
+                if attempt == ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
@@ -121,24 +125,35 @@ class AuditStore:
             for e in fresh:
                 await copy.write_row([getattr(e, n) for n in EVENT_FIELDS])
 
+    async def _unseen(self, session, candidates: list[Event]) -> list[Event]:
+        ids = [e.id for e in candidates]
+        existing = set((await session.execute(sa.select(events.c.id).where(events.c.id.in_(ids)))).scalars())
+        return [e for e in candidates if e.id not in existing]
+
     async def _append(self, session, batch: Sequence[Event]) -> IngestResult:
         unique: dict[str, Event] = {}
         for event in batch:
             unique.setdefault(event.id, event)
-        if not unique:
-            return IngestResult(0, 0)
-        heads = await self._lock_heads(session, sorted({e.organization_id for e in unique.values()}))
-        existing = set(
-            (await session.execute(sa.select(events.c.id).where(events.c.id.in_(list(unique))))).scalars()
-        )
-        fresh = [e for i, e in unique.items() if i not in existing]
+        fresh = list(unique.values())
+        if self.db.is_postgres:
+            # Duplicates are filtered before the chains are locked (a redelivery locks nothing). An id
+            # a racing call stores in between fails the insert on the primary key, and ingest retries.
+            fresh = await self._unseen(session, fresh)
+        if not fresh:
+            return IngestResult(0, len(batch))
         stamp = now_us()
+        for event in fresh:
+            event.ingest_us = stamp
+        messages = {e.id: canonical_bytes(e) for e in fresh}  # the expensive part, outside the lock
+        heads = await self._lock_heads(session, sorted({e.organization_id for e in fresh}))
+        if not self.db.is_postgres:  # SQLite: the write lock is held now; nobody can race
+            fresh = await self._unseen(session, fresh)
         tips = {org: (s.head_sequence, s.head_hash) for org, s in heads.items()}
         settings: dict[str, tuple[int, str]] = {}
         for event in fresh:
             sequence, prev = tips[event.organization_id]
-            event.sequence, event.ingest_us = sequence + 1, stamp
-            self.key.link(event, prev)
+            event.sequence = sequence + 1
+            self.key.link(event, prev, messages[event.id])
             tips[event.organization_id] = (event.sequence, event.hash)
             days = retention_days_of(event)
             if days is not None:

@@ -109,11 +109,15 @@ class ChainKey:
             return None
         return hmac.new(key, prev_hash + message, hashlib.sha256).digest()
 
-    def link(self, event: Event, prev_hash: bytes) -> None:
-        """Chain ``event`` after ``prev_hash`` with the current key (sets prev_hash, hash, key_id)."""
+    def link(self, event: Event, prev_hash: bytes, message: bytes | None = None) -> None:
+        """Chain ``event`` after ``prev_hash`` with the current key (sets prev_hash, hash, key_id).
+
+        ``message`` is ``canonical_bytes(event)`` when the caller computed it already.
+        """
         event.prev_hash = prev_hash
         event.key_id = self.key_id
-        event.hash = hmac.new(self.current, prev_hash + canonical_bytes(event), hashlib.sha256).digest()
+        message = canonical_bytes(event) if message is None else message
+        event.hash = hmac.new(self.current, prev_hash + message, hashlib.sha256).digest()
 
     def anchor_mac(self, organization_id: str, sequence: int, anchor_hash: bytes) -> bytes:
         return hmac.new(
