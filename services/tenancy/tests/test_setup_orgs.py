@@ -306,3 +306,65 @@ async def test_concurrent_ownership_transfers_leave_exactly_one_owner(env):
     # the old owner became admin
     assert await env.can(owner, f"organization:{org.id}", "org:invite")
     assert not await env.can(owner, f"organization:{org.id}", "org:delete")
+
+
+async def test_retried_changes_answer_like_the_first_call(env):
+    from gatehouse.tenancy.v1 import workspace_service_pb2 as wpb
+    from gatehouse.type.v1 import refs_pb2
+
+    admin, owner = await env.admin(), await env.user()
+    org = await env.org(admin, owner)
+    heir, leaver = await env.member(owner, org.id), await env.member(owner, org.id)
+    ws = await env.workspace(owner, org.id)
+    add = wpb.AddWorkspaceMemberRequest(
+        workspace_id=ws.id, principal=refs_pb2.SubjectRef(type="user", id=heir.id), request_id="add-1"
+    )
+    first = await env.ws.AddWorkspaceMember(add, metadata=owner.md)
+    assert (await env.ws.AddWorkspaceMember(add, metadata=owner.md)).member == first.member
+    # without a request_id the second add is a conflict
+    add.request_id = ""
+    await fails(env.ws.AddWorkspaceMember(add, metadata=owner.md), Code.ALREADY_EXISTS)
+    remove = opb.RemoveOrganizationMemberRequest(organization_id=org.id, user_id=leaver.id, request_id="rm-1")
+    await env.orgs.RemoveOrganizationMember(remove, metadata=owner.md)
+    await env.orgs.RemoveOrganizationMember(remove, metadata=owner.md)
+    transfer = opb.TransferOrganizationOwnershipRequest(
+        organization_id=org.id, new_owner_user_id=heir.id, request_id="tr-1"
+    )
+    await env.orgs.TransferOrganizationOwnership(transfer, metadata=owner.md)
+    # the old owner (now admin, without org:transfer_ownership) retries: same answer, no new change
+    again = await env.orgs.TransferOrganizationOwnership(transfer, metadata=owner.md)
+    assert again.organization.id == org.id
+    assert await env.can(heir, f"organization:{org.id}", "org:transfer_ownership")
+
+
+async def test_no_token_is_unauthenticated_and_authz_down_fails_closed(env, database_url):
+    admin, owner = await env.admin(), await env.user()
+    org = await env.org(admin, owner)
+    await fails(
+        env.orgs.GetOrganization(opb.GetOrganizationRequest(organization_id=org.id)), Code.UNAUTHENTICATED
+    )
+    await env.identity.authz_server.stop(0)
+    err = await fails(
+        env.orgs.GetOrganization(opb.GetOrganizationRequest(organization_id=org.id), metadata=owner.md),
+        Code.UNAVAILABLE,
+        "DEPENDENCY_UNAVAILABLE",
+    )
+    assert "authz" in err.details() or "authorization" in err.details()
+    await fails(
+        env.orgs.DeleteOrganization(opb.DeleteOrganizationRequest(organization_id=org.id), metadata=owner.md),
+        Code.UNAVAILABLE,
+    )
+    # nothing changed while authz was away
+    import sqlalchemy as sa
+
+    from gatehouse.kit.db import Database
+
+    db = Database(database_url)
+    try:
+        async with db.unit_of_work() as uow:
+            state = await uow.session.execute(
+                sa.text("SELECT state FROM organizations WHERE id = :i"), {"i": org.id}
+            )
+            assert state.scalar_one() == "ACTIVE"
+    finally:
+        await db.dispose()

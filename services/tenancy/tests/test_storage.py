@@ -283,8 +283,10 @@ async def test_purge_removes_expired_deleted_objects_and_their_relationships(
     monkeypatch.setenv("GATEHOUSE_TENANCY_PURGE_INTERVAL", "0.2")
     server, _ = await start_tenancy(env.identity, tmp_path / "tenancy", database_url)
     try:
-        for _ in range(50):
-            if not await env.relationships(within_organization_id=org_pb.id):
+        for _ in range(150):  # bounded: 30 s at most on a loaded machine
+            if not await env.relationships(
+                within_organization_id=org_pb.id
+            ) and "tenancy.workspace.purge" in [e.action for e in await audit_events(database_url)]:
                 break
             await asyncio.sleep(0.2)
         assert await env.relationships(within_organization_id=org_pb.id) == []

@@ -92,7 +92,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
 
     async def DeleteOrganization(self, request, context):
         org = await self.t.orgs.delete_organization(
-            require_principal(), request.organization_id, request.etag
+            require_principal(), request.organization_id, request.etag, request.request_id
         )
         return opb.DeleteOrganizationResponse(organization=c.organization(org))
 
@@ -134,12 +134,14 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
         return opb.UpdateOrganizationMemberResponse(member=c.org_member(member))
 
     async def RemoveOrganizationMember(self, request, context):
-        await self.t.orgs.remove_member(require_principal(), request.organization_id, request.user_id)
+        await self.t.orgs.remove_member(
+            require_principal(), request.organization_id, request.user_id, request.request_id
+        )
         return opb.RemoveOrganizationMemberResponse()
 
     async def TransferOrganizationOwnership(self, request, context):
         org = await self.t.orgs.transfer_ownership(
-            require_principal(), request.organization_id, request.new_owner_user_id
+            require_principal(), request.organization_id, request.new_owner_user_id, request.request_id
         )
         return opb.TransferOrganizationOwnershipResponse(organization=c.organization(org))
 
@@ -231,7 +233,9 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         return wpb.UpdateWorkspaceResponse(workspace=c.workspace(ws))
 
     async def DeleteWorkspace(self, request, context):
-        ws = await self.t.workspaces.delete_workspace(require_principal(), request.workspace_id, request.etag)
+        ws = await self.t.workspaces.delete_workspace(
+            require_principal(), request.workspace_id, request.etag, request.request_id
+        )
         return wpb.DeleteWorkspaceResponse(workspace=c.workspace(ws))
 
     async def UndeleteWorkspace(self, request, context):
@@ -263,6 +267,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             request.principal.type,
             request.principal.id,
             _role(request.role, c.ws_role, "role"),
+            request.request_id,
         )
         return wpb.AddWorkspaceMemberResponse(member=c.workspace_member(member))
 
@@ -276,12 +281,14 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         return wpb.UpdateWorkspaceMemberResponse(member=c.workspace_member(member))
 
     async def RemoveWorkspaceMember(self, request, context):
-        await self.t.workspaces.remove_member(require_principal(), request.workspace_id, request.member_id)
+        await self.t.workspaces.remove_member(
+            require_principal(), request.workspace_id, request.member_id, request.request_id
+        )
         return wpb.RemoveWorkspaceMemberResponse()
 
     async def TransferWorkspaceOwnership(self, request, context):
         ws = await self.t.workspaces.transfer_ownership(
-            require_principal(), request.workspace_id, request.new_owner_user_id
+            require_principal(), request.workspace_id, request.new_owner_user_id, request.request_id
         )
         return wpb.TransferWorkspaceOwnershipResponse(workspace=c.workspace(ws))
 
@@ -333,15 +340,19 @@ class GroupServicer(group_service_pb2_grpc.GroupServiceServicer):
         return gpb.UpdateGroupResponse(group=c.group(group))
 
     async def DeleteGroup(self, request, context):
-        await self.t.groups.delete_group(require_principal(), request.group_id)
+        await self.t.groups.delete_group(require_principal(), request.group_id, request.request_id)
         return gpb.DeleteGroupResponse()
 
     async def AddGroupMember(self, request, context):
-        member = await self.t.groups.add_member(require_principal(), request.group_id, request.user_id)
+        member = await self.t.groups.add_member(
+            require_principal(), request.group_id, request.user_id, request.request_id
+        )
         return gpb.AddGroupMemberResponse(member=c.group_member(member))
 
     async def RemoveGroupMember(self, request, context):
-        await self.t.groups.remove_member(require_principal(), request.group_id, request.user_id)
+        await self.t.groups.remove_member(
+            require_principal(), request.group_id, request.user_id, request.request_id
+        )
         return gpb.RemoveGroupMemberResponse()
 
     async def ListGroupMembers(self, request, context):

@@ -72,6 +72,14 @@ class Core:
         who = principal.subject if principal else "anonymous"
         return f"{method}|{who}|{request_id}"
 
+    async def seen(self, method: str, p: Principal | None, request_id: str) -> tuple[str, str | None]:
+        """The idempotency key of a request and, for a retry, the id its first call recorded."""
+        if not request_id:
+            return "", None
+        key = self.request_key(method, p, request_id)
+        async with self.tx() as tx:
+            return key, await tx.repo.request_result(key)
+
     # ---- access ------------------------------------------------------------
     async def is_platform_admin(self, p: Principal) -> bool:
         return await self.authz.allowed(p, PLATFORM, PLATFORM_ADMIN_CAP)

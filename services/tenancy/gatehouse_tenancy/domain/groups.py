@@ -97,7 +97,10 @@ class Groups(Core):
             await tx.commit()
         return group
 
-    async def delete_group(self, p: Principal, group_id: str) -> None:
+    async def delete_group(self, p: Principal, group_id: str, request_id: str = "") -> None:
+        key, done = await self.seen("DeleteGroup", p, request_id)
+        if done:
+            return
         action = "tenancy.group.delete"
         group = await self.load_group(p, group_id, MANAGE, action)
         async with self.tx() as tx:
@@ -114,10 +117,15 @@ class Groups(Core):
                 target=("group", group.id),
                 details={"name": group.name},
             )
+            if key:
+                await tx.repo.remember_request(key, group.id)
             await tx.commit()
         await self.deliver("group.delete", tx)
 
-    async def add_member(self, p: Principal, group_id: str, user_id: str):
+    async def add_member(self, p: Principal, group_id: str, user_id: str, request_id: str = ""):
+        key, done = await self.seen("AddGroupMember", p, request_id)
+        if done:
+            return await self._group_member(group_id, user_id)
         if not user_id:
             raise errors.InvalidArgument.field("user_id", "is required")
         action = "tenancy.group.add_member"
@@ -139,13 +147,20 @@ class Groups(Core):
                 target=("group", group.id),
                 details={"user_id": user_id},
             )
+            if key:
+                await tx.repo.remember_request(key, user_id)
             await tx.commit()
         await self.deliver("group.add_member", tx)
-        users = await self.identity.users([user_id])
-        u = users.get(user_id)
-        return m.GroupMember(group.id, user_id, u.email if u else "", u.display_name if u else "")
+        return await self._group_member(group.id, user_id)
 
-    async def remove_member(self, p: Principal, group_id: str, user_id: str) -> None:
+    async def _group_member(self, group_id: str, user_id: str) -> m.GroupMember:
+        u = (await self.identity.users([user_id])).get(user_id)
+        return m.GroupMember(group_id, user_id, u.email if u else "", u.display_name if u else "")
+
+    async def remove_member(self, p: Principal, group_id: str, user_id: str, request_id: str = "") -> None:
+        key, done = await self.seen("RemoveGroupMember", p, request_id)
+        if done:
+            return
         if not user_id:
             raise errors.InvalidArgument.field("user_id", "is required")
         action = "tenancy.group.remove_member"
@@ -162,6 +177,8 @@ class Groups(Core):
                 target=("group", group.id),
                 details={"user_id": user_id},
             )
+            if key:
+                await tx.repo.remember_request(key, user_id)
             await tx.commit()
         await self.deliver("group.remove_member", tx)
 

@@ -271,7 +271,12 @@ class Organizations(Core):
         await self.deliver("organization.update", tx)
         return org
 
-    async def delete_organization(self, p: Principal, org_id: str, etag: str) -> m.Organization:
+    async def delete_organization(
+        self, p: Principal, org_id: str, etag: str, request_id: str = ""
+    ) -> m.Organization:
+        key, done = await self.seen("DeleteOrganization", p, request_id)
+        if done:
+            return await self.load_org(p, done, show_deleted=True)
         org = await self.org_for(p, org_id, "org:delete", "tenancy.organization.delete")
         async with self.tx() as tx:
             await tx.repo.lock_organization(org.id)
@@ -292,6 +297,8 @@ class Organizations(Core):
                 target=("organization", org.id),
                 details={"state": {"old": m.ACTIVE, "new": m.DELETED}, "purge_time": org.purge_time},
             )
+            if key:
+                await tx.repo.remember_request(key, org.id)
             await tx.commit()
         await self.deliver("organization.delete", tx)
         return org
@@ -449,7 +456,10 @@ class Organizations(Core):
         await self.deliver("organization.update_member", tx)
         return member
 
-    async def remove_member(self, p: Principal, org_id: str, user_id: str) -> None:
+    async def remove_member(self, p: Principal, org_id: str, user_id: str, request_id: str = "") -> None:
+        key, done = await self.seen("RemoveOrganizationMember", p, request_id)
+        if done:
+            return
         if not user_id:
             raise errors.InvalidArgument.field("user_id", "is required")
         action = "tenancy.organization.remove_member"
@@ -495,10 +505,17 @@ class Organizations(Core):
                 target=("user", user_id),
                 details={"role": member.role, "workspaces_handed_to_owner": handed},
             )
+            if key:
+                await tx.repo.remember_request(key, user_id)
             await tx.commit()
         await self.deliver("organization.remove_member", tx)
 
-    async def transfer_ownership(self, p: Principal, org_id: str, new_owner: str) -> m.Organization:
+    async def transfer_ownership(
+        self, p: Principal, org_id: str, new_owner: str, request_id: str = ""
+    ) -> m.Organization:
+        key, done = await self.seen("TransferOrganizationOwnership", p, request_id)
+        if done:
+            return await self.load_org(p, done)
         if not new_owner:
             raise errors.InvalidArgument.field("new_owner_user_id", "is required")
         org = await self.org_for(
@@ -535,6 +552,8 @@ class Organizations(Core):
                     target=("organization", org.id),
                     details={"owner": {"old": old, "new": new_owner}},
                 )
+                if key:
+                    await tx.repo.remember_request(key, org.id)
                 await tx.commit()
         await self.deliver("organization.transfer_ownership", tx)
         return org

@@ -129,7 +129,12 @@ class Workspaces(Core):
             await tx.commit()
         return ws
 
-    async def delete_workspace(self, p: Principal, ws_id: str, etag: str) -> m.Workspace:
+    async def delete_workspace(
+        self, p: Principal, ws_id: str, etag: str, request_id: str = ""
+    ) -> m.Workspace:
+        key, done = await self.seen("DeleteWorkspace", p, request_id)
+        if done:
+            return await self.load_ws(p, done, show_deleted=True)
         action = "tenancy.workspace.delete"
         ws = await self.ws_for(p, ws_id, "delete:workspace", action)
         async with self.tx() as tx:
@@ -153,6 +158,8 @@ class Workspaces(Core):
                 target=("workspace", ws.id),
                 details={"state": {"old": m.ACTIVE, "new": m.DELETED}},
             )
+            if key:
+                await tx.repo.remember_request(key, ws.id)
             await tx.commit()
         await self.deliver("workspace.delete", tx)
         return ws
@@ -237,7 +244,15 @@ class Workspaces(Core):
         else:
             raise errors.InvalidArgument.field("principal.type", "must be user or group")
 
-    async def add_member(self, p: Principal, ws_id: str, ptype: str, pid: str, role: str | None):
+    async def add_member(
+        self, p: Principal, ws_id: str, ptype: str, pid: str, role: str | None, request_id: str = ""
+    ):
+        key, done = await self.seen("AddWorkspaceMember", p, request_id)
+        if done:
+            async with self.tx() as tx:
+                again = await tx.repo.get_workspace_member(ws_id, ptype, pid)
+            if again is not None:
+                return again
         role = role or "member"
         errs = errors.ErrorCollector()
         errs.require(ptype in ("user", "group"), "principal.type", "must be user or group")
@@ -262,6 +277,8 @@ class Workspaces(Core):
                 target=(ptype, pid),
                 details={"role": role},
             )
+            if key:
+                await tx.repo.remember_request(key, f"{ptype}:{pid}")
             await tx.commit()
         await self.deliver("workspace.add_member", tx)
         return member
@@ -300,7 +317,10 @@ class Workspaces(Core):
         await self.deliver("workspace.update_member", tx)
         return member
 
-    async def remove_member(self, p: Principal, ws_id: str, member_id: str) -> None:
+    async def remove_member(self, p: Principal, ws_id: str, member_id: str, request_id: str = "") -> None:
+        key, done = await self.seen("RemoveWorkspaceMember", p, request_id)
+        if done:
+            return
         ptype, pid = m.parse_member_id(member_id)
         action = "tenancy.workspace.remove_member"
         ws = await self.ws_for(p, ws_id, "manage:members", action)
@@ -322,10 +342,18 @@ class Workspaces(Core):
                 target=(ptype, pid),
                 details={"role": member.role},
             )
+            if key:
+                await tx.repo.remember_request(key, member_id)
             await tx.commit()
         await self.deliver("workspace.remove_member", tx)
 
-    async def transfer_ownership(self, p: Principal, ws_id: str, new_owner: str) -> m.Workspace:
+    async def transfer_ownership(
+        self, p: Principal, ws_id: str, new_owner: str, request_id: str = ""
+    ) -> m.Workspace:
+        key, done = await self.seen("TransferWorkspaceOwnership", p, request_id)
+        if done:
+            async with self.tx() as tx:
+                return await tx.repo.get_workspace(done)
         if not new_owner:
             raise errors.InvalidArgument.field("new_owner_user_id", "is required")
         action = "tenancy.workspace.transfer_ownership"
@@ -366,6 +394,8 @@ class Workspaces(Core):
                     target=("workspace", ws.id),
                     details={"owner": {"old": old, "new": new_owner}},
                 )
+                if key:
+                    await tx.repo.remember_request(key, ws.id)
                 await tx.commit()
         await self.deliver("workspace.transfer_ownership", tx)
         return ws
