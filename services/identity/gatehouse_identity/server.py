@@ -9,7 +9,9 @@ and the authz relay (subject-state writes for DisableUser / EnableUser).
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -103,6 +105,15 @@ def assemble(settings: Settings, runtime: Runtime, config: IdentityConfig | None
         if config.provision_service_accounts:
             await provision_service_accounts(service, settings.data_dir)
 
+    async def housekeeping() -> None:
+        """Every 10 minutes: drop expired revocations, throttles, tokens; delivered outbox entries after 7 days."""
+        while True:
+            await asyncio.sleep(600)
+            async with store.transaction() as tx:
+                await tx.purge_expired(time.time(), throttle_window=config.lockout_window)
+                await tx.commit()
+            await relays[0].purge_delivered(7 * 86400)
+
     spec = ServiceSpec(
         name=SERVICE,
         service_names=SERVICE_NAMES,
@@ -114,7 +125,7 @@ def assemble(settings: Settings, runtime: Runtime, config: IdentityConfig | None
             provision,
             poller.poll_once,
         ],
-        background=[poller.run, *(relay.run for relay in relays)],
+        background=[poller.run, housekeeping, *(relay.run for relay in relays)],
         on_stop=[poller.stop, db.dispose],
         depends_on=(),  # never "authz": authz needs identity's JWKS to start
         verifier=verifier.verify,

@@ -71,3 +71,21 @@ async def test_concurrent_refresh_with_one_token_lets_only_one_win(identity):
         identity.stub.RefreshSession(pb.RefreshSessionRequest(refresh_token=winners[0].refresh_token)),
         grpc.StatusCode.UNAUTHENTICATED,
     )
+
+
+async def test_housekeeping_purges_only_what_can_no_longer_matter(identity):
+    await identity.create_user("old@example.com")
+    login = await identity.login_response("old@example.com")
+    await identity.stub.Logout(pb.LogoutRequest(refresh_token=login.refresh_token))
+    await fails(identity.login("old@example.com", "wrong-password-xyz"), grpc.StatusCode.UNAUTHENTICATED)
+    svc = await identity.service_metadata("authz")
+    async with identity.identity.store.transaction() as tx:
+        assert await tx.purge_expired(time.time(), throttle_window=900) == 0  # everything still matters
+    later = time.time() + 40 * 86400  # long after every token, lock and session expired
+    async with identity.identity.store.transaction() as tx:
+        assert await tx.purge_expired(later, throttle_window=900) >= 3  # revocation, throttle, refresh token
+        await tx.commit()
+    assert (
+        list((await identity.stub.ListRevocations(pb.ListRevocationsRequest(), metadata=svc)).revocations)
+        == []
+    )

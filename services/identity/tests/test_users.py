@@ -140,6 +140,11 @@ async def test_update_user_rules(identity_authz):
         update(ann, ["display_name"], me.etag, display_name="Ann B."), metadata=md(ann_token)
     )
     assert renamed.user.display_name == "Ann B." and renamed.user.etag != me.etag
+    retry = update(ann, ["display_name"], renamed.user.etag, display_name="Ann C.")
+    retry.request_id = "u-1"
+    first = await identity.stub.UpdateUser(retry, metadata=md(ann_token))
+    again = await identity.stub.UpdateUser(retry, metadata=md(ann_token))  # same request id: no etag error
+    assert again.user.etag == first.user.etag and again.user.display_name == "Ann C."
     await fails(
         identity.stub.UpdateUser(
             update(ann, ["display_name"], me.etag, display_name="X"), metadata=md(ann_token)

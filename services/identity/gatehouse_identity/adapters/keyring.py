@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import pathlib
@@ -56,12 +58,20 @@ def load_kek(configured: str | None, data_dir: pathlib.Path) -> bytes:
     return value.encode()
 
 
+def _derive(kek: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(kek)
+
+
 class SecretBox:
-    """Fernet (AES-128-CBC + HMAC) under a key derived from the KEK."""
+    """Fernet (AES-128-CBC + HMAC) and a keyed hash, under keys derived from the KEK."""
 
     def __init__(self, kek: bytes):
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"gatehouse-identity-secrets")
-        self._fernet = Fernet(base64.urlsafe_b64encode(derived.derive(kek)))
+        self._fernet = Fernet(base64.urlsafe_b64encode(_derive(kek, b"gatehouse-identity-secrets")))
+        self._mac_key = _derive(kek, b"gatehouse-identity-mac")
+
+    def mac(self, value: str) -> str:
+        """HMAC-SHA256 hex: for low-entropy values (recovery codes, emails) a database leak must not reveal."""
+        return hmac.new(self._mac_key, value.encode(), hashlib.sha256).hexdigest()
 
     def seal(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())

@@ -257,8 +257,23 @@ class Tx:
             m.Revocation(r.sequence, r.session_id, r.user_id, r.revoked_at, r.expire_at) for r in rows.all()
         ]
 
-    async def purge_revocations(self, now: float) -> None:
-        await self.session.execute(revocations.delete().where(revocations.c.expire_at < now - 3600))
+    async def purge_expired(self, now: float, *, throttle_window: float, keep_for: float = 7 * 86400) -> int:
+        """Delete rows that can no longer matter; returns how many went."""
+        expired_sessions = sa.select(sessions.c.id).where(sessions.c.expire_at < now - 86400)
+        statements = [
+            revocations.delete().where(revocations.c.expire_at < now - 3600),
+            login_throttle.delete().where(
+                login_throttle.c.window_start < now - throttle_window,
+                sa.or_(login_throttle.c.locked_until.is_(None), login_throttle.c.locked_until < now),
+            ),
+            reset_tokens.delete().where(reset_tokens.c.expire_at < now - 86400),
+            idempotency.delete().where(idempotency.c.created_at < now - keep_for),
+            refresh_tokens.delete().where(refresh_tokens.c.session_id.in_(expired_sessions)),
+        ]
+        removed = 0
+        for statement in statements:
+            removed += (await self.session.execute(statement)).rowcount or 0
+        return removed
 
     # ---- login throttle ----------------------------------------------------------
     async def locked_until(self, email_hash: str, now: float) -> float | None:

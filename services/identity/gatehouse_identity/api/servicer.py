@@ -64,6 +64,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
             display_name=request.user.display_name,
             email=request.user.email,
             etag=request.user.etag,
+            request_id=request.request_id,
         )
         return pb.UpdateUserResponse(user=convert.user(user))
 

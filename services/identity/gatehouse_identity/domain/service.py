@@ -25,7 +25,7 @@ from gatehouse.kit.keys import public_jwk
 from gatehouse_identity.config import IdentityConfig
 from gatehouse_identity.domain import credentials as cred
 from gatehouse_identity.domain import model as m
-from gatehouse_identity.domain.passwords import Hasher, check_policy
+from gatehouse_identity.domain.passwords import MAX_LENGTH, Hasher, check_policy
 
 INVALID_LOGIN = "invalid email or password"
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -273,6 +273,7 @@ class IdentityService:
         display_name: str = "",
         email: str = "",
         etag: str = "",
+        request_id: str = "",
     ) -> m.User:
         errs = ErrorCollector()
         if not paths:
@@ -288,6 +289,9 @@ class IdentityService:
         errs.raise_if_any()
         async with self.store.transaction() as tx:
             user = await self._visible_user(tx, principal, user_id)
+            key, previous = await self._idempotent(tx, principal, "UpdateUser", request_id)
+            if previous is not None:
+                return user  # a retry of an update that was applied: its result, not an etag error
             if "email" in values and not await self._is_admin(principal):
                 await self._denied(
                     principal, "UpdateUser", "only platform admins change emails", ("user", user_id)
@@ -303,6 +307,8 @@ class IdentityService:
                 raise errors.AlreadyExists(f"a user with email {values['email']!r} already exists")
             if not await tx.update_user(user.id, expected_version=user.version, **values):
                 raise errors.Aborted("the user changed concurrently", reason="ETAG_MISMATCH")
+            if key:
+                await tx.put_idempotent(key, json.dumps({"user_id": user.id}).encode())
             await tx.audit(
                 "identity.user.updated", target=("user", user.id), details={"fields": sorted(values)}
             )
@@ -340,12 +346,14 @@ class IdentityService:
             step = cred.totp_step(self.box.open(row.secret_encrypted), code)
             return step is not None and await tx.use_totp_step(user.id, step)
         normalized = cred.normalize_recovery_code(code)
-        return await tx.use_recovery_code(user.id, cred.digest(normalized), time.time())
+        return await tx.use_recovery_code(user.id, self.box.mac(normalized), time.time())
 
     async def _login_failed(
-        self, email_hash: str, user: m.User | None, why: str, reason: str
+        self, email: str, user: m.User | None, why: str, reason: str
     ) -> errors.GatehouseError:
+        """Count the failure (maybe locking the email), audit it, and build the error to raise."""
         now = time.time()
+        email_hash = self.box.mac(email)
         actor_target = ("user", user.id) if user else None
         async with self.store.transaction() as tx:
             locked_until = await tx.record_failure(
@@ -360,7 +368,7 @@ class IdentityService:
                 outcome="DENIED",
                 reason=why,
                 target=actor_target,
-                details={"email_sha256": email_hash},
+                details={"email": email[:320]},
             )
             if locked_until is not None:
                 await tx.audit(
@@ -368,7 +376,7 @@ class IdentityService:
                     outcome="DENIED",
                     reason="too many failed attempts",
                     target=actor_target,
-                    details={"email_sha256": email_hash, "locked_until": locked_until},
+                    details={"email": email[:320], "locked_until": locked_until},
                 )
             await tx.commit()
         if reason == "INVALID_SECOND_FACTOR":
@@ -404,7 +412,7 @@ class IdentityService:
 
     async def login(self, email: str, password: str, totp_code: str, client: ClientInfo) -> m.LoginResult:
         normalized = m.normalize_email(email)
-        email_hash = cred.digest(normalized)
+        email_hash = self.box.mac(normalized)
         async with self.store.transaction() as tx:
             locked_until = await tx.locked_until(email_hash, time.time())
             if locked_until is None:
@@ -415,7 +423,7 @@ class IdentityService:
                     "identity.login.failed",
                     outcome="DENIED",
                     reason="account locked",
-                    details={"email_sha256": email_hash},
+                    details={"email": normalized[:320]},
                 )
                 await tx.commit()
             raise errors.ResourceExhausted(
@@ -424,10 +432,14 @@ class IdentityService:
                 reason="LOGIN_LOCKED",
             )
         # Always one argon2 verification: unknown email, wrong password and disabled account cost alike.
-        ok = await self._verify(user.password_hash if user else None, password)
+        # A password longer than any accepted one cannot match (and is not hashed at full length).
+        too_long = len(password) > MAX_LENGTH
+        ok = await self._verify(
+            None if too_long or user is None else user.password_hash, password[:MAX_LENGTH]
+        )
         if user is None or not ok or not user.active:
             why = "unknown email" if user is None else ("wrong password" if not ok else "account disabled")
-            raise await self._login_failed(email_hash, user, why, "INVALID_CREDENTIALS")
+            raise await self._login_failed(normalized, user, why, "INVALID_CREDENTIALS")
         amr: tuple[str, ...] = ("pwd",)
         if user.mfa_enabled:
             if not totp_code.strip():
@@ -437,7 +449,7 @@ class IdentityService:
                 await tx.commit()  # a code or recovery code is spent even if a later step fails
             if not second_ok:
                 raise await self._login_failed(
-                    email_hash, user, "invalid second factor", "INVALID_SECOND_FACTOR"
+                    normalized, user, "invalid second factor", "INVALID_SECOND_FACTOR"
                 )
             amr = ("pwd", "otp")
         async with self.store.transaction() as tx:
@@ -606,7 +618,7 @@ class IdentityService:
                 raise errors.Unauthenticated("invalid TOTP code", reason="INVALID_SECOND_FACTOR")
             await tx.confirm_totp(principal.id, step)
             codes = cred.new_recovery_codes()
-            await tx.replace_recovery_codes(principal.id, [cred.digest(c) for c in codes])
+            await tx.replace_recovery_codes(principal.id, [self.box.mac(c) for c in codes])
             await tx.audit("identity.totp.enrolled", target=("user", principal.id))
             await tx.commit()
         return codes
@@ -683,7 +695,7 @@ class IdentityService:
                 raise invalid
             await tx.update_user(user.id, password_hash=new_hash)
             revoked = await self._revoke_all(tx, user.id, m.PASSWORD_RESET)
-            await tx.clear_failures(cred.digest(user.email))
+            await tx.clear_failures(self.box.mac(user.email))
             await tx.audit(
                 "identity.password.reset",
                 actor=Principal(kind="user", id=user.id),
