@@ -195,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + args.ready_timeout
         for service in START_ORDER:
             launcher.start(service)
-        for service in START_ORDER:
+        for service in (*START_ORDER, GATEWAY):
+            if service == GATEWAY:
+                launcher.start(GATEWAY)  # only once every gRPC service is SERVING
             proc = launcher.children[service]
             address = settings.address_of(service)
+            wait = wait_http_ready if service == GATEWAY else wait_serving
             print(f"gatehouse-run: waiting for {service} at {address} ...", flush=True)
-            if not wait_serving(
-                address, deadline, lambda p=proc: p.poll() is None and not stopping["signal"]
-            ):
+            if not wait(address, deadline, lambda p=proc: p.poll() is None and not stopping["signal"]):
                 if stopping["signal"]:
                     return 0
                 code = proc.poll()
@@ -211,21 +212,6 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
-        launcher.start(GATEWAY)
-        gateway = launcher.children[GATEWAY]
-        print(f"gatehouse-run: waiting for {GATEWAY} at {settings.address_of(GATEWAY)} ...", flush=True)
-        if not wait_http_ready(
-            settings.address_of(GATEWAY), deadline, lambda: gateway.poll() is None and not stopping["signal"]
-        ):
-            if stopping["signal"]:
-                return 0
-            code = gateway.poll()
-            why = f"exited with code {code}" if code is not None else "did not become ready in time"
-            print(
-                f"gatehouse-run: {GATEWAY} {why}; see {data_dir / 'logs' / (GATEWAY + '.log')}",
-                file=sys.stderr,
-            )
-            return 1
         from gatehouse.kit.bootstrap import first_time_setup
 
         setup_note = first_time_setup(settings, env)

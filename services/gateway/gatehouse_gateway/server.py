@@ -63,26 +63,10 @@ class GatewayConfig:
             value = env.get(f"{PREFIX}GATEWAY_{name}")
             return value if value else None
 
-        max_body = get("MAX_BODY_BYTES")
-        timeout = get("TIMEOUT")
+        max_body_bytes = _positive("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), int, cls.max_body_bytes)
+        seconds = _positive("TIMEOUT", get("TIMEOUT"), float, cls.timeout)
         trust = get("TRUST_FORWARDED")
         origins = get("CORS_ORIGINS")
-        try:
-            max_body_bytes = int(max_body) if max_body else cls.max_body_bytes
-            if max_body_bytes <= 0:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(
-                f"{PREFIX}GATEWAY_MAX_BODY_BYTES: {max_body!r} is not a positive integer"
-            ) from None
-        try:
-            seconds = float(timeout) if timeout else cls.timeout
-            if seconds <= 0:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(
-                f"{PREFIX}GATEWAY_TIMEOUT: {timeout!r} is not a positive number of seconds"
-            ) from None
         if trust and trust.lower() not in ("true", "false", "1", "0"):
             raise ConfigError(f"{PREFIX}GATEWAY_TRUST_FORWARDED: {trust!r} is not true or false")
         allowed = frozenset(o.strip().rstrip("/") for o in (origins or "").split(",") if o.strip())
@@ -98,6 +82,18 @@ class GatewayConfig:
             trust_forwarded=bool(trust) and trust.lower() in ("true", "1"),
             descriptors=get("DESCRIPTORS") or cls.descriptors,
         )
+
+
+def _positive(name: str, text: str | None, parse, default):
+    if text is None:
+        return default
+    try:
+        value = parse(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"{PREFIX}GATEWAY_{name}: {text!r} is not a positive number")
+    return value
 
 
 def package_resolver(settings: Settings) -> Resolver:

@@ -20,18 +20,15 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 from multidict import CIMultiDict
 
-from gatehouse.authz.v1 import authz_service_pb2 as authz_pb
-from gatehouse.authz.v1 import authz_service_pb2_grpc, relationship_pb2
+from gatehouse.authz.v1 import authz_service_pb2_grpc
 from gatehouse.kit import errors
-from gatehouse.kit.app import build_server
 from gatehouse.kit.context import current_client_info
-from gatehouse.testing.servers import TEST_SERVICE, make_server, raw_service, settings_for
+from gatehouse.testing.servers import TEST_SERVICE, make_server, raw_service
 from gatehouse.testing.tokens import TokenMint
-from gatehouse.type.v1 import refs_pb2
-from gatehouse_authz.server import build as build_authz
 from gatehouse_gateway.descriptors import Schema, load_descriptor_set
 from gatehouse_gateway.server import Gateway, GatewayConfig
 from gatehouse_gateway.transcoder import RouteTable
+from services.authz.tests.helpers import seed, start_authz
 
 FD = descriptor_pb2.FieldDescriptorProto
 PROBE_PACKAGE = TEST_SERVICE.rsplit(".", 1)[0]  # gatehouse.test.v1
@@ -166,43 +163,6 @@ def probe_handlers(schema: Schema):
     return {"Echo": echo, "Fail": fail, "Whoami": whoami}
 
 
-async def start_authz(tmp_path, mint: TokenMint):
-    settings = settings_for(tmp_path / "authz", service="authz")
-
-    def with_test_tokens(settings, runtime):
-        spec = build_authz(settings, runtime)
-        spec.verifier = mint.verifier  # tokens signed by the test's key (identity is not running here)
-        spec.depends_on = ()
-        return spec
-
-    server = build_server(settings, with_test_tokens)
-    port = await server.start()
-    await server.wait_started()
-    return server, port
-
-
-def rel(resource: str, relation: str, subject: str) -> relationship_pb2.RelationshipUpdate:
-    rtype, rid = resource.split(":")
-    stype, sid = subject.split(":")
-    return relationship_pb2.RelationshipUpdate(
-        operation=relationship_pb2.RelationshipUpdate.OPERATION_TOUCH,
-        relationship=relationship_pb2.Relationship(
-            resource=refs_pb2.ResourceRef(type=rtype, id=rid),
-            relation=relation,
-            subject=refs_pb2.SubjectRef(type=stype, id=sid),
-        ),
-    )
-
-
-def active(org: str, user: str) -> relationship_pb2.RelationshipUpdate:
-    return relationship_pb2.RelationshipUpdate(
-        operation=relationship_pb2.RelationshipUpdate.OPERATION_TOUCH,
-        membership_state=relationship_pb2.MembershipState(
-            organization_id=org, user_id=user, status=relationship_pb2.MEMBERSHIP_STATUS_ACTIVE
-        ),
-    )
-
-
 class Env:
     """What a test gets: the gateway's base URL, an HTTP session, tokens, and the backends."""
 
@@ -228,7 +188,9 @@ class Env:
 async def env(tmp_path):
     mint = TokenMint()
     schema = Schema([*load_descriptor_set().file, probe_file()])
-    authz_server, authz_port = await start_authz(tmp_path, mint)
+    authz_server, authz_port = await start_authz(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'authz.db'}", mint
+    )
     probe = make_server(
         tmp_path / "probe",
         raw_service(probe_handlers(schema)),
@@ -244,18 +206,9 @@ async def env(tmp_path):
     port = await gateway.start("127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{authz_port}")
     stub = authz_service_pb2_grpc.AuthzServiceStub(channel)
-    await stub.WriteRelationships(
-        authz_pb.WriteRelationshipsRequest(
-            updates=[
-                rel("workspace:w", "parent", "organization:o"),
-                rel("workspace:w", "admin", "user:alice"),
-                rel("workspace:w", "viewer", "user:bob"),
-                active("o", "alice"),
-                active("o", "bob"),
-            ]
-        ),
-        metadata=mint.md(mint.service()),
-    )
+    await seed(
+        stub, mint.md(mint.service())
+    )  # alice admin and bob viewer of workspace:w, root platform admin
     async with aiohttp.ClientSession() as http:
         yield Env(f"http://127.0.0.1:{port}", http, mint, gateway, stub, authz_port, probe_port)
     await gateway.stop()

@@ -27,6 +27,21 @@ def _error_info(body):
     return next(d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo"))
 
 
+async def check(env, *, caller: str, subject: str, capability: str) -> tuple[int, dict]:
+    """POST /api/v1/authz:check on workspace:w as ``caller``."""
+    status, body, _ = await env.call(
+        "POST",
+        "/api/v1/authz:check",
+        json={
+            "subject": {"type": "user", "id": subject},
+            "resource": {"type": "workspace", "id": "w"},
+            "capability": capability,
+        },
+        headers=env.auth(caller),
+    )
+    return status, body
+
+
 # ------------------------------------------------------------------ routing and mapping
 
 
@@ -46,16 +61,7 @@ async def test_authz_access_through_the_gateway_in_camel_case(env):
 
 
 async def test_check_get_catalog_and_query_parameters_on_nested_fields(env):
-    status, body, _ = await env.call(
-        "POST",
-        "/api/v1/authz:check",
-        json={
-            "subject": {"type": "user", "id": "alice"},
-            "resource": {"type": "workspace", "id": "w"},
-            "capability": "manage:members",
-        },
-        headers=env.auth("alice"),
-    )
+    status, body = await check(env, caller="alice", subject="alice", capability="manage:members")
     assert status == 200 and body["allowed"] is True and body["reason"] == "DECISION_REASON_ROLE"
     status, body, _ = await env.call("GET", "/api/v1/authz/catalog", headers=env.auth("bob"))
     assert status == 200 and "catalog" in body
@@ -209,28 +215,10 @@ async def test_authz_errors_come_back_with_their_details(env):
     status, body, _ = await env.call("GET", "/api/v1/authz/catalog")
     assert status == 401 and body["code"] == 16
     # a user checking someone else: 403 with ErrorInfo
-    status, body, _ = await env.call(
-        "POST",
-        "/api/v1/authz:check",
-        json={
-            "subject": {"type": "user", "id": "alice"},
-            "resource": {"type": "workspace", "id": "w"},
-            "capability": "chat",
-        },
-        headers=env.auth("bob"),
-    )
+    status, body = await check(env, caller="bob", subject="alice", capability="chat")
     assert status == 403 and body["code"] == 7 and _error_info(body)["domain"] == "gatehouse"
     # an unknown capability: 400 naming the field
-    status, body, _ = await env.call(
-        "POST",
-        "/api/v1/authz:check",
-        json={
-            "subject": {"type": "user", "id": "bob"},
-            "resource": {"type": "workspace", "id": "w"},
-            "capability": "fly:away",
-        },
-        headers=env.auth("bob"),
-    )
+    status, body = await check(env, caller="bob", subject="bob", capability="fly:away")
     assert status == 400 and _violations(body) == ["capability"]
     # a garbage token: 401
     status, body, _ = await env.call("GET", "/api/v1/authz/catalog", headers={"Authorization": "Bearer nope"})
