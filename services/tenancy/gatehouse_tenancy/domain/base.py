@@ -138,6 +138,18 @@ class Core:
                 )
         raise errors.NotFound(kind, ident)
 
+    async def require_org(self, p: Principal, org_id: str, capability: str, action: str) -> None:
+        """:meth:`require` for a capability on the organization itself."""
+        await self.require(
+            p,
+            org_ref(org_id),
+            capability,
+            organization_id=org_id,
+            action=action,
+            kind="organization",
+            ident=org_id,
+        )
+
     async def may_undelete_org(self, p: Principal, org_id: str) -> bool:
         access = await self.authz.access(p, org_ref(org_id))
         return access.is_platform_admin or access.member_role == "owner"
@@ -197,15 +209,7 @@ class Core:
 
     async def org_for(self, p: Principal, org_id: str, capability: str, action: str) -> m.Organization:
         org = await self.load_org(p, org_id)
-        await self.require(
-            p,
-            org_ref(org.id),
-            capability,
-            organization_id=org.id,
-            action=action,
-            kind="organization",
-            ident=org.id,
-        )
+        await self.require_org(p, org.id, capability, action)
         return org
 
     async def load_group(self, p: Principal, group_id: str, capability: str, action: str) -> m.Group:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gatehouse.kit import errors
 from gatehouse.kit.context import Principal
 from gatehouse.kit.ids import new_id
-from gatehouse.kit.pagination import decode_token, encode_token, page_size
+from gatehouse.kit.pagination import decode_token, page_size
 from gatehouse_tenancy.domain import model as m
 from gatehouse_tenancy.domain.base import ORG_VIEW, Core, group_ref, org_ref, user_ref
 
@@ -53,9 +53,7 @@ class Groups(Core):
         after = str((decode_token(token) or {}).get("after", ""))
         async with self.tx() as tx:
             rows = await tx.repo.list_groups(org.id, after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        return m.Page(rows, encode_token({"after": rows[-1].id}) if more else "")
+        return m.Page.of(rows, size, lambda last: {"after": last.id})
 
     async def update_group(
         self, p: Principal, group_id: str, values: dict, mask: list[str], etag: str
@@ -76,8 +74,7 @@ class Groups(Core):
             group = await tx.repo.get_group(group.id)
             if group is None:
                 raise errors.NotFound("group", group_id)
-            if etag and etag != group.etag:
-                raise errors.Aborted("the group changed since it was read", reason="ETAG_MISMATCH")
+            group.check_etag(etag, "group")
             changes = {}
             if "name" in mask:
                 name = m.normalize_name(values["name"])
@@ -88,8 +85,7 @@ class Groups(Core):
             if "description" in mask:
                 changes["description"] = {"old": group.description, "new": values.get("description", "")}
                 group.description = values.get("description", "")
-            group.version += 1
-            group.update_time = self.clock()
+            group.touch(self.clock())
             await tx.repo.save_group(group)
             await tx.audit(
                 action, organization_id=group.organization_id, target=("group", group.id), details=changes
@@ -188,13 +184,12 @@ class Groups(Core):
         after = str((decode_token(token) or {}).get("after", ""))
         async with self.tx() as tx:
             ids = await tx.repo.list_group_members(group.id, after, size + 1)
-        more = len(ids) > size
-        ids = ids[:size]
-        users = await self.identity.users(ids)
-        rows = [
+        page = m.Page.of(ids, size, lambda last: {"after": last})
+        users = await self.identity.users(page.items)
+        page.items = [
             m.GroupMember(
                 group.id, i, users[i].email if i in users else "", users[i].display_name if i in users else ""
             )
-            for i in ids
+            for i in page.items
         ]
-        return m.Page(rows, encode_token({"after": ids[-1]}) if more else "")
+        return page

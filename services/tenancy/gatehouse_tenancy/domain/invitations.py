@@ -6,7 +6,7 @@ from gatehouse.kit import errors
 from gatehouse.kit.audit_log import Actor
 from gatehouse.kit.context import Principal
 from gatehouse.kit.ids import new_id
-from gatehouse.kit.pagination import decode_token, encode_token, page_size
+from gatehouse.kit.pagination import decode_token, page_size
 from gatehouse_tenancy.domain import model as m
 from gatehouse_tenancy.domain.base import Core, org_ref, user_ref, ws_ref
 
@@ -99,9 +99,7 @@ class Invitations(Core):
         before = str((decode_token(token) or {}).get("before", ""))
         async with self.tx() as tx:
             rows = await tx.repo.list_invitations(org.id, before, size + 1, state, self.clock())
-        more = len(rows) > size
-        rows = rows[:size]
-        return m.Page(rows, encode_token({"before": rows[-1].id}) if more else "")
+        return m.Page.of(rows, size, lambda last: {"before": last.id})
 
     async def revoke_invitation(self, p: Principal, org_id: str, inv_id: str) -> m.Invitation:
         action = "tenancy.invitation.revoke"

@@ -62,8 +62,40 @@ class OrgSettings:
     audit_retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS
 
 
+class Versioned:
+    """Etag, soft-delete state and the life-cycle steps shared by organizations, workspaces and groups
+    (dataclasses with ``version``, ``update_time`` and — for soft delete — ``state``, ``delete_time``, ``purge_time``)."""
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def deleted(self) -> bool:
+        return self.state == DELETED
+
+    def check_etag(self, etag: str, kind: str) -> None:
+        """ABORTED (ETAG_MISMATCH) when a given etag is stale."""
+        if etag and etag != self.etag:
+            raise errors.Aborted(f"the {kind} changed since it was read", reason="ETAG_MISMATCH")
+
+    def touch(self, now: float) -> None:
+        self.version += 1
+        self.update_time = now
+
+    def soft_delete(self, now: float, retention_days: int) -> None:
+        self.state, self.delete_time, self.purge_time = DELETED, now, now + retention_days * 86400
+        self.version += 1
+
+    def restore(self, now: float) -> None:
+        if self.purge_time is not None and now >= self.purge_time:
+            raise errors.FailedPrecondition("the retention period is over", reason="RETENTION_EXPIRED")
+        self.state, self.delete_time, self.purge_time = ACTIVE, None, None
+        self.touch(now)
+
+
 @dataclass
-class Organization:
+class Organization(Versioned):
     id: str
     name: str
     slug: str
@@ -75,14 +107,6 @@ class Organization:
     delete_time: float | None = None
     purge_time: float | None = None
     version: int = 1
-
-    @property
-    def etag(self) -> str:
-        return f'W/"{self.version}"'
-
-    @property
-    def deleted(self) -> bool:
-        return self.state == DELETED
 
 
 @dataclass
@@ -97,7 +121,7 @@ class OrgMember:
 
 
 @dataclass
-class Workspace:
+class Workspace(Versioned):
     id: str
     organization_id: str
     name: str
@@ -109,14 +133,6 @@ class Workspace:
     delete_time: float | None = None
     purge_time: float | None = None
     version: int = 1
-
-    @property
-    def etag(self) -> str:
-        return f'W/"{self.version}"'
-
-    @property
-    def deleted(self) -> bool:
-        return self.state == DELETED
 
 
 @dataclass
@@ -133,7 +149,7 @@ class WorkspaceMember:
 
 
 @dataclass
-class Group:
+class Group(Versioned):
     id: str
     organization_id: str
     name: str
@@ -142,10 +158,6 @@ class Group:
     update_time: float
     version: int = 1
     member_count: int = 0
-
-    @property
-    def etag(self) -> str:
-        return f'W/"{self.version}"'
 
 
 @dataclass
@@ -180,6 +192,15 @@ class Invitation:
 class Page:
     items: list = field(default_factory=list)
     next_page_token: str = ""
+
+    @classmethod
+    def of(cls, rows: list, size: int, position) -> Page:
+        """The first ``size`` of ``rows`` (fetched ``size + 1``) and a token after the last, if more exist."""
+        from gatehouse.kit.pagination import encode_token
+
+        more = len(rows) > size
+        rows = rows[:size]
+        return cls(rows, encode_token(position(rows[-1])) if more and rows else "")
 
 
 # ---- rules ---------------------------------------------------------------

@@ -7,7 +7,7 @@ import asyncio
 from gatehouse.kit import errors
 from gatehouse.kit.context import Principal
 from gatehouse.kit.ids import new_id
-from gatehouse.kit.pagination import decode_token, encode_token, page_size
+from gatehouse.kit.pagination import decode_token, page_size
 from gatehouse_tenancy.domain import model as m
 from gatehouse_tenancy.domain.base import ORG_VIEW, PLATFORM, Core, org_ref, user_ref, ws_ref
 
@@ -49,14 +49,11 @@ class Organizations(Core):
                 raise errors.FailedPrecondition(
                     "the deployment is already bootstrapped", reason="ALREADY_BOOTSTRAPPED"
                 )
-            user = await self.identity.lookup_by_email(email)
-            if user is None:
-                user = await self.identity.create_user(
-                    email,
-                    display_name or email.split("@")[0],
-                    password,
-                    request_id=f"tenancy-bootstrap:{email}",
-                )
+            # identity's request_id makes a retried bootstrap get the same user back; an email
+            # that already has an account is refused (ALREADY_EXISTS), never taken over.
+            user = await self.identity.create_user(
+                email, display_name or email.split("@")[0], password, request_id=f"tenancy-bootstrap:{email}"
+            )
             now = self.clock()
             org = m.Organization(
                 new_id(), m.normalize_name(org_name), slug, m.ACTIVE, user.id, m.OrgSettings(), now, now
@@ -137,15 +134,7 @@ class Organizations(Core):
     async def get_organization(self, p: Principal, org_id: str, show_deleted: bool) -> m.Organization:
         org = await self.load_org(p, org_id, show_deleted=show_deleted)
         if not org.deleted:
-            await self.require(
-                p,
-                org_ref(org.id),
-                ORG_VIEW,
-                organization_id=org.id,
-                action="tenancy.organization.get",
-                kind="organization",
-                ident=org.id,
-            )
+            await self.require_org(p, org.id, ORG_VIEW, "tenancy.organization.get")
         return org
 
     async def get_organization_by_slug(self, slug: str) -> m.Organization:
@@ -179,9 +168,7 @@ class Organizations(Core):
             rows = await tx.repo.list_organizations(
                 ids=ids, after=after, limit=size + 1, show_deleted=show_deleted, prefix=prefix
             )
-        more = len(rows) > size
-        rows = rows[:size]
-        return m.Page(rows, encode_token({"after": rows[-1].id}) if more else "")
+        return m.Page.of(rows, size, lambda last: {"after": last.id})
 
     async def update_organization(self, p: Principal, org_id: str, values: dict, mask: list[str], etag: str):
         if not mask:
@@ -217,32 +204,15 @@ class Organizations(Core):
         org = await self.load_org(p, org_id)
         action = "tenancy.organization.update"
         if "name" in mask:
-            await self.require(
-                p,
-                org_ref(org.id),
-                "org:manage_members",
-                organization_id=org.id,
-                action=action,
-                kind="organization",
-                ident=org.id,
-            )
+            await self.require_org(p, org.id, "org:manage_members", action)
         if any(f.startswith("settings.") for f in mask):
-            await self.require(
-                p,
-                org_ref(org.id),
-                "org:manage_settings",
-                organization_id=org.id,
-                action=action,
-                kind="organization",
-                ident=org.id,
-            )
+            await self.require_org(p, org.id, "org:manage_settings", action)
         async with self.tx() as tx:
             await tx.repo.lock_organization(org.id)
             org = await tx.repo.get_organization(org.id)
             if org is None or org.deleted:
                 raise errors.NotFound("organization", org_id)
-            if etag and etag != org.etag:
-                raise errors.Aborted("the organization changed since it was read", reason="ETAG_MISMATCH")
+            org.check_etag(etag, "organization")
             changes: dict = {}
             s = org.settings
             if "name" in mask:
@@ -261,8 +231,7 @@ class Organizations(Core):
                     new = values.get(attr)
                     changes[field] = {"old": getattr(s, attr), "new": new}
                     setattr(s, attr, new)
-            org.version += 1
-            org.update_time = self.clock()
+            org.touch(self.clock())
             await tx.repo.save_organization(org)
             if "settings.require_mfa" in mask:
                 await tx.authz(("require_mfa", org.id, s.require_mfa))
@@ -283,12 +252,8 @@ class Organizations(Core):
             org = await tx.repo.get_organization(org.id)
             if org is None or org.deleted:
                 raise errors.NotFound("organization", org_id)
-            if etag and etag != org.etag:
-                raise errors.Aborted("the organization changed since it was read", reason="ETAG_MISMATCH")
-            now = self.clock()
-            org.state, org.delete_time = m.DELETED, now
-            org.purge_time = now + org.settings.deletion_retention_days * 86400
-            org.version += 1
+            org.check_etag(etag, "organization")
+            org.soft_delete(self.clock(), org.settings.deletion_retention_days)
             await tx.repo.save_organization(org)
             await tx.authz(("deleted", org_ref(org.id), True))
             await tx.audit(
@@ -306,15 +271,7 @@ class Organizations(Core):
     async def undelete_organization(self, p: Principal, org_id: str) -> m.Organization:
         org = await self.load_org(p, org_id, show_deleted=True)
         if not org.deleted:
-            await self.require(
-                p,
-                org_ref(org.id),
-                "org:delete",
-                organization_id=org.id,
-                action="tenancy.organization.undelete",
-                kind="organization",
-                ident=org.id,
-            )
+            await self.require_org(p, org.id, "org:delete", "tenancy.organization.undelete")
             return org
         async with self.tx() as tx:
             await tx.repo.lock_organization(org.id)
@@ -322,13 +279,7 @@ class Organizations(Core):
             if org is None:
                 raise errors.NotFound("organization", org_id)
             if org.deleted:
-                if org.purge_time is not None and self.clock() >= org.purge_time:
-                    raise errors.FailedPrecondition(
-                        "the retention period is over", reason="RETENTION_EXPIRED"
-                    )
-                org.state, org.delete_time, org.purge_time = m.ACTIVE, None, None
-                org.version += 1
-                org.update_time = self.clock()
+                org.restore(self.clock())
                 await tx.repo.save_organization(org)
                 await tx.authz(("deleted", org_ref(org.id), False))
                 await tx.audit(
@@ -348,13 +299,12 @@ class Organizations(Core):
         after = str((decode_token(token) or {}).get("after", ""))
         async with self.tx() as tx:
             rows = await tx.repo.list_org_members(org.id, after, size + 1)
-        more = len(rows) > size
-        rows = rows[:size]
-        users = await self.identity.users([r.user_id for r in rows])
-        for r in rows:
+        page = m.Page.of(rows, size, lambda last: {"after": last.user_id})
+        users = await self.identity.users([r.user_id for r in page.items])
+        for r in page.items:
             if r.user_id in users:
                 r.email, r.display_name = users[r.user_id].email, users[r.user_id].display_name
-        return m.Page(rows, encode_token({"after": rows[-1].user_id}) if more else "")
+        return page
 
     async def create_member(
         self,
@@ -465,15 +415,7 @@ class Organizations(Core):
         action = "tenancy.organization.remove_member"
         org = await self.load_org(p, org_id)
         if not (p.kind == "user" and p.id == user_id):
-            await self.require(
-                p,
-                org_ref(org.id),
-                "org:manage_members",
-                organization_id=org.id,
-                action=action,
-                kind="organization",
-                ident=org.id,
-            )
+            await self.require_org(p, org.id, "org:manage_members", action)
         async with self.tx() as tx:
             await tx.repo.lock_organization(org.id)
             member = await tx.repo.get_org_member(org.id, user_id)
@@ -536,8 +478,7 @@ class Organizations(Core):
                 await tx.repo.put_org_member(m.OrgMember(org.id, old, "admin", m.MEMBER_ACTIVE, 0))
                 await tx.repo.put_org_member(m.OrgMember(org.id, new_owner, "owner", m.MEMBER_ACTIVE, 0))
                 org.owner_user_id = new_owner
-                org.version += 1
-                org.update_time = self.clock()
+                org.touch(self.clock())
                 await tx.repo.save_organization(org)
                 # New owner first, then the old one steps down: never a moment without an owner.
                 await tx.authz(

@@ -104,8 +104,7 @@ class Workspaces(Core):
             ws = await tx.repo.get_workspace(ws.id)
             if ws is None or ws.deleted:
                 raise errors.NotFound("workspace", ws_id)
-            if etag and etag != ws.etag:
-                raise errors.Aborted("the workspace changed since it was read", reason="ETAG_MISMATCH")
+            ws.check_etag(etag, "workspace")
             changes = {}
             if "name" in mask:
                 name = m.normalize_name(values["name"])
@@ -116,8 +115,7 @@ class Workspaces(Core):
             if "description" in mask:
                 changes["description"] = {"old": ws.description, "new": values.get("description", "")}
                 ws.description = values.get("description", "")
-            ws.version += 1
-            ws.update_time = self.clock()
+            ws.touch(self.clock())
             await tx.repo.save_workspace(ws)
             await tx.audit(
                 action,
@@ -143,12 +141,8 @@ class Workspaces(Core):
             ws = await tx.repo.get_workspace(ws.id)
             if ws is None or ws.deleted:
                 raise errors.NotFound("workspace", ws_id)
-            if etag and etag != ws.etag:
-                raise errors.Aborted("the workspace changed since it was read", reason="ETAG_MISMATCH")
-            now = self.clock()
-            ws.state, ws.delete_time = m.DELETED, now
-            ws.purge_time = now + org.settings.deletion_retention_days * 86400
-            ws.version += 1
+            ws.check_etag(etag, "workspace")
+            ws.soft_delete(self.clock(), org.settings.deletion_retention_days)
             await tx.repo.save_workspace(ws)
             await tx.authz(("deleted", ws_ref(ws.id), True))
             await tx.audit(
@@ -175,15 +169,9 @@ class Workspaces(Core):
             if ws is None:
                 raise errors.NotFound("workspace", ws_id)
             if ws.deleted:
-                if ws.purge_time is not None and self.clock() >= ws.purge_time:
-                    raise errors.FailedPrecondition(
-                        "the retention period is over", reason="RETENTION_EXPIRED"
-                    )
                 if await tx.repo.live_workspace_name_taken(ws.organization_id, ws.name, except_id=ws.id):
                     raise errors.AlreadyExists(f"a live workspace is now named {ws.name!r}; rename it first")
-                ws.state, ws.delete_time, ws.purge_time = m.ACTIVE, None, None
-                ws.version += 1
-                ws.update_time = self.clock()
+                ws.restore(self.clock())
                 await tx.repo.save_workspace(ws)
                 await tx.authz(("deleted", ws_ref(ws.id), False))
                 await tx.audit(
@@ -217,18 +205,14 @@ class Workspaces(Core):
                 for r in rows
                 if r.principal_type == "group"
             }
-        more = len(rows) > size
-        rows = rows[:size]
-        users = await self.identity.users([r.principal_id for r in rows if r.principal_type == "user"])
-        for r in rows:
+        page = m.Page.of(rows, size, lambda last: {"after": [last.principal_type, last.principal_id]})
+        users = await self.identity.users([r.principal_id for r in page.items if r.principal_type == "user"])
+        for r in page.items:
             if r.principal_type == "user" and r.principal_id in users:
                 r.display_name = users[r.principal_id].display_name
             elif r.principal_type == "group" and groups.get(r.principal_id):
                 r.display_name = groups[r.principal_id].name
-        last = rows[-1] if rows else None
-        return m.Page(
-            rows, encode_token({"after": [last.principal_type, last.principal_id]}) if more and last else ""
-        )
+        return page
 
     async def _check_principal(self, tx, ws: m.Workspace, ptype: str, pid: str) -> None:
         if ptype == "user":
@@ -375,8 +359,7 @@ class Workspaces(Core):
                 await tx.repo.put_workspace_member(m.WorkspaceMember(ws.id, "user", new_owner, "owner"))
                 await tx.repo.put_workspace_member(m.WorkspaceMember(ws.id, "user", old, "admin"))
                 ws.owner_user_id = new_owner
-                ws.version += 1
-                ws.update_time = self.clock()
+                ws.touch(self.clock())
                 await tx.repo.save_workspace(ws)
                 updates = []
                 if current is not None:
