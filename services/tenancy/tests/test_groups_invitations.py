@@ -86,6 +86,31 @@ async def test_company_with_three_groups_union_of_roles(env):
         0
     ].email == two_groups.email
     await fails(make_group(env, owner, org.id, "readers"), Code.ALREADY_EXISTS)
+    renamed = await env.groups.UpdateGroup(
+        gpb.UpdateGroupRequest(
+            group=r.Group(id=readers.id, name="Viewers", etag=readers.etag), update_mask={"paths": ["name"]}
+        ),
+        metadata=owner.md,
+    )
+    assert renamed.group.name == "Viewers" and renamed.group.member_count == 1
+    await fails(
+        env.groups.UpdateGroup(
+            gpb.UpdateGroupRequest(
+                group=r.Group(id=readers.id, name="writers"), update_mask={"paths": ["name"]}
+            ),
+            metadata=owner.md,
+        ),
+        Code.ALREADY_EXISTS,
+    )
+    await fails(
+        env.groups.UpdateGroup(
+            gpb.UpdateGroupRequest(
+                group=r.Group(id=readers.id, name="X", etag=readers.etag), update_mask={"paths": ["name"]}
+            ),
+            metadata=owner.md,
+        ),
+        Code.ABORTED,
+    )
     await fails(make_group(env, none, org.id, "Mine"), Code.PERMISSION_DENIED)
     # members must belong to the organization
     outsider = await env.user()

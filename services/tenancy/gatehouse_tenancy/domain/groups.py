@@ -58,15 +58,7 @@ class Groups(Core):
     async def update_group(
         self, p: Principal, group_id: str, values: dict, mask: list[str], etag: str
     ) -> m.Group:
-        if not mask:
-            raise errors.InvalidArgument.field("update_mask", "name the fields to change")
-        bad = [f for f in mask if f not in ("name", "description")]
-        if bad:
-            raise errors.InvalidArgument.field("update_mask", f"cannot update {', '.join(bad)}")
-        errs = errors.ErrorCollector()
-        if "name" in mask:
-            m.check_name(errs, "group.name", values.get("name", ""))
-        errs.raise_if_any()
+        m.check_name_description_update("group", values, mask)
         action = "tenancy.group.update"
         group = await self.load_group(p, group_id, MANAGE, action)
         async with self.tx() as tx:
@@ -75,16 +67,11 @@ class Groups(Core):
             if group is None:
                 raise errors.NotFound("group", group_id)
             group.check_etag(etag, "group")
-            changes = {}
             if "name" in mask:
                 name = m.normalize_name(values["name"])
                 if await tx.repo.group_name_taken(group.organization_id, name, except_id=group.id):
                     raise errors.AlreadyExists(f"a group named {name!r} exists in this organization")
-                changes["name"] = {"old": group.name, "new": name}
-                group.name = name
-            if "description" in mask:
-                changes["description"] = {"old": group.description, "new": values.get("description", "")}
-                group.description = values.get("description", "")
+            changes = m.apply_name_description(group, values, mask)
             group.touch(self.clock())
             await tx.repo.save_group(group)
             await tx.audit(

@@ -245,6 +245,38 @@ def require_id(errs: errors.ErrorCollector, field_name: str, value: str) -> None
     errs.require(bool(value), field_name, "is required")
 
 
+def check_name_description_update(kind: str, values: dict, mask: list[str]) -> None:
+    """Validate an update of ``name``/``description`` (the only fields workspaces and groups change)."""
+    if not mask:
+        raise errors.InvalidArgument.field("update_mask", "name the fields to change")
+    bad = [f for f in mask if f not in ("name", "description")]
+    if bad:
+        raise errors.InvalidArgument.field("update_mask", f"cannot update {', '.join(bad)}")
+    errs = errors.ErrorCollector()
+    if "name" in mask:
+        check_name(errs, f"{kind}.name", values.get("name", ""))
+    if "description" in mask:
+        errs.require(
+            len(values.get("description", "")) <= 2000,
+            f"{kind}.description",
+            "must be at most 2,000 characters",
+        )
+    errs.raise_if_any()
+
+
+def apply_name_description(entity, values: dict, mask: list[str]) -> dict:
+    """Set the masked fields; returns the audit details ``{field: {old, new}}``."""
+    changes = {}
+    if "name" in mask:
+        name = normalize_name(values["name"])
+        changes["name"] = {"old": entity.name, "new": name}
+        entity.name = name
+    if "description" in mask:
+        changes["description"] = {"old": entity.description, "new": values.get("description", "")}
+        entity.description = values.get("description", "")
+    return changes
+
+
 def new_invitation_token() -> tuple[str, str]:
     """A fresh single-use token and its hash (only the hash is stored)."""
     token = "inv_" + secrets.token_urlsafe(32)

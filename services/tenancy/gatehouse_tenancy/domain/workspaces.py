@@ -82,21 +82,7 @@ class Workspaces(Core):
         return m.Page(rows, encode_token({"after": rows[-1].id}) if more and rows else "")
 
     async def update_workspace(self, p: Principal, ws_id: str, values: dict, mask: list[str], etag: str):
-        if not mask:
-            raise errors.InvalidArgument.field("update_mask", "name the fields to change")
-        bad = [f for f in mask if f not in ("name", "description")]
-        if bad:
-            raise errors.InvalidArgument.field("update_mask", f"cannot update {', '.join(bad)}")
-        errs = errors.ErrorCollector()
-        if "name" in mask:
-            m.check_name(errs, "workspace.name", values.get("name", ""))
-        if "description" in mask:
-            errs.require(
-                len(values.get("description", "")) <= 2000,
-                "workspace.description",
-                "must be at most 2,000 characters",
-            )
-        errs.raise_if_any()
+        m.check_name_description_update("workspace", values, mask)
         action = "tenancy.workspace.update"
         ws = await self.ws_for(p, ws_id, "manage:settings", action)
         async with self.tx() as tx:
@@ -105,16 +91,11 @@ class Workspaces(Core):
             if ws is None or ws.deleted:
                 raise errors.NotFound("workspace", ws_id)
             ws.check_etag(etag, "workspace")
-            changes = {}
             if "name" in mask:
                 name = m.normalize_name(values["name"])
                 if await tx.repo.live_workspace_name_taken(ws.organization_id, name, except_id=ws.id):
                     raise errors.AlreadyExists(f"a workspace named {name!r} exists in this organization")
-                changes["name"] = {"old": ws.name, "new": name}
-                ws.name = name
-            if "description" in mask:
-                changes["description"] = {"old": ws.description, "new": values.get("description", "")}
-                ws.description = values.get("description", "")
+            changes = m.apply_name_description(ws, values, mask)
             ws.touch(self.clock())
             await tx.repo.save_workspace(ws)
             await tx.audit(
