@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate, trace
 
 from gatehouse.kit.config import PREFIX, SERVICES, ConfigError, Settings
 from gatehouse.kit.context import CLIENT_ADDRESS_KEY, CLIENT_USER_AGENT_KEY
@@ -119,9 +120,16 @@ def _metadata_text(value: str, limit: int) -> str:
 class Gateway:
     """The HTTP server: one generic handler over the route table."""
 
-    def __init__(self, routes: RouteTable, config: GatewayConfig, openapi: dict | None = None):
+    def __init__(
+        self,
+        routes: RouteTable,
+        config: GatewayConfig,
+        openapi: dict | None = None,
+        tracer: trace.Tracer | None = None,
+    ):
         self.routes = routes
         self.config = config
+        self._tracer = tracer
         self.openapi_body = json.dumps(openapi if openapi is not None else build_openapi(routes)).encode()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, object] = {}
@@ -166,6 +174,21 @@ class Gateway:
     # ------------------------------------------------------------------ requests
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one request; with a tracer, inside a SERVER span continuing the caller's trace."""
+        if self._tracer is None:
+            return await self._handle(request)
+        with self._tracer.start_as_current_span(
+            f"HTTP {request.method}", context=propagate.extract(request.headers), kind=trace.SpanKind.SERVER
+        ) as span:
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("url.path", request.rel_url.raw_path)
+            response = await self._handle(request)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR))
+            return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         incoming = request.headers.get(REQUEST_ID_HEADER)
         request_id = incoming if _valid_request_id(incoming) else new_id()
@@ -257,10 +280,15 @@ class Gateway:
         agent = request.headers.get("User-Agent")
         if agent:
             md.append((CLIENT_USER_AGENT_KEY, _metadata_text(agent, 500)))
-        for name in TRACE_HEADERS:
-            value = request.headers.get(name)
-            if value and value.isascii() and value.isprintable():
-                md.append((name, value))
+        if self._tracer is not None:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)  # the gateway's span becomes the services' parent
+            md.extend(carrier.items())
+        else:
+            for name in TRACE_HEADERS:
+                value = request.headers.get(name)
+                if value and value.isascii() and value.isprintable():
+                    md.append((name, value))
         return tuple(md)
 
     # ------------------------------------------------------------------ CORS
@@ -341,11 +369,17 @@ def _internal():
 
 
 def build_gateway(settings: Settings, config: GatewayConfig, resolve: Resolver | None = None) -> Gateway:
+    """The gateway for ``settings``: routes from the descriptor set, traces when an exporter is set."""
     schema = Schema.from_descriptor_set(load_descriptor_set(config.descriptors))
     routes = RouteTable(schema, resolve or package_resolver(settings))
     for note in routes.skipped:
         log.debug("not served: %s", note)
-    return Gateway(routes, config)
+    tracer = None
+    if settings.otel_exporter != "none":
+        from gatehouse.kit.telemetry import setup_telemetry
+
+        tracer = setup_telemetry("gateway", settings.otel_exporter, settings.otel_endpoint).tracer
+    return Gateway(routes, config, tracer=tracer)
 
 
 async def serve(settings: Settings, config: GatewayConfig) -> int:

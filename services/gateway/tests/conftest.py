@@ -158,7 +158,8 @@ def probe_handlers(schema: Schema):
 
     async def whoami(request: bytes, context) -> bytes:
         info = current_client_info()
-        return item_cls(id=info.address, display_name=info.user_agent).SerializeToString()
+        traceparent = dict(context.invocation_metadata()).get("traceparent", "")
+        return item_cls(id=info.address, display_name=info.user_agent, note=traceparent).SerializeToString()
 
     return {"Echo": echo, "Fail": fail, "Whoami": whoami}
 

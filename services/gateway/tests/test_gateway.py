@@ -7,8 +7,11 @@ import json
 import pytest
 from openapi_spec_validator import validate
 
+from gatehouse.kit.config import ConfigError
+from gatehouse.kit.telemetry import setup_telemetry
 from gatehouse_gateway.descriptors import Schema, load_descriptor_set
 from gatehouse_gateway.openapi import build_openapi
+from gatehouse_gateway.server import Gateway, GatewayConfig
 from gatehouse_gateway.transcoder import RouteTable, parse_template
 
 from .conftest import GATEWAY_TIMEOUT, MAX_BODY, ORIGIN, PROBE_PACKAGE, probe_file
@@ -227,8 +230,6 @@ async def test_authz_errors_come_back_with_their_details(env):
 
 async def test_backend_down_is_503_without_internal_detail(env):
     await env.gateway.stop()  # close channels, then point a fresh gateway at a dead port
-    from gatehouse_gateway.server import Gateway, GatewayConfig
-
     schema = Schema([*load_descriptor_set().file, probe_file()])
     table = RouteTable(schema, lambda svc: "127.0.0.1:1" if svc.file.package == PROBE_PACKAGE else None)
     gateway = Gateway(table, GatewayConfig(timeout=GATEWAY_TIMEOUT))
@@ -320,6 +321,29 @@ async def test_request_id_round_trip_and_client_info_reach_the_backend(env):
     assert body["id"] == "127.0.0.1"
 
 
+async def test_trace_context_continues_through_the_gateway(env):
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    incoming = f"00-{trace_id}-{parent}-01"
+    # without an exporter the W3C headers pass through unchanged
+    _, body, _ = await env.call("POST", "/api/v1/probe:whoami", json={}, headers={"traceparent": incoming})
+    assert body["note"] == incoming
+    # with one, the gateway's SERVER span continues the trace and becomes the services' parent
+    telemetry = setup_telemetry("gateway", "memory")
+    traced = Gateway(env.gateway.routes, GatewayConfig(), tracer=telemetry.tracer)
+    port = await traced.start()
+    try:
+        async with env.http.post(
+            f"http://127.0.0.1:{port}/api/v1/probe:whoami", json={}, headers={"traceparent": incoming}
+        ) as resp:
+            body = await resp.json()
+    finally:
+        await traced.stop()
+    (span,) = telemetry.span_exporter.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == trace_id and f"{span.parent.span_id:016x}" == parent
+    assert span.attributes["http.response.status_code"] == 200
+    assert body["note"] == f"00-{trace_id}-{span.context.span_id:016x}-01"
+
+
 async def test_cors_allow_list(env):
     status, _, headers = await env.call(
         "OPTIONS",
@@ -403,3 +427,31 @@ def test_openapi_of_the_full_contract_validates():
         ("/api/v1/audit/events", "get"),
     ]:
         assert method in paths.get(path, {}), (method, path)
+
+
+def test_configuration_from_environment():
+    config = GatewayConfig.from_env(
+        {
+            "GATEHOUSE_GATEWAY_MAX_BODY_BYTES": "2048",
+            "GATEHOUSE_GATEWAY_CORS_ORIGINS": "https://a.example, https://b.example/",
+            "GATEHOUSE_GATEWAY_TIMEOUT": "2.5",
+            "GATEHOUSE_GATEWAY_TRUST_FORWARDED": "true",
+        }
+    )
+    assert (config.max_body_bytes, config.timeout, config.trust_forwarded) == (2048, 2.5, True)
+    assert config.cors_origins == {"https://a.example", "https://b.example"}
+    defaults = GatewayConfig.from_env({})
+    assert (defaults.max_body_bytes, defaults.cors_origins, defaults.trust_forwarded) == (
+        1024 * 1024,
+        set(),
+        False,
+    )
+    for name, value in [
+        ("MAX_BODY_BYTES", "lots"),
+        ("MAX_BODY_BYTES", "0"),
+        ("TIMEOUT", "-1"),
+        ("TRUST_FORWARDED", "maybe"),
+        ("CORS_ORIGINS", "app.example.com"),
+    ]:
+        with pytest.raises(ConfigError, match=f"GATEHOUSE_GATEWAY_{name}"):
+            GatewayConfig.from_env({f"GATEHOUSE_GATEWAY_{name}": value})
