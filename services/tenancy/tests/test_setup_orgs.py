@@ -63,6 +63,11 @@ async def test_bootstrap_validates_every_field(env):
     )
     fields = {v.field for v in bad_request(err).field_violations}
     assert {"admin_email", "admin_password", "organization_name", "organization_slug"} <= fields
+    # identity's password policy, reported on this request's field
+    weak = bootstrap_request()
+    weak.admin_password = "short"
+    err = await fails(env.setup.Bootstrap(weak), Code.INVALID_ARGUMENT)
+    assert {v.field for v in bad_request(err).field_violations} == {"admin_password"}
     assert not (await env.setup.GetSetupState(spb.GetSetupStateRequest())).bootstrapped
 
 

@@ -30,7 +30,7 @@ class IdentityClient:
         self.token_source = token_source
         self.timeout = timeout
 
-    async def _call(self, method: str, request):
+    async def _call(self, method: str, request, fields: dict[str, str] | None = None):
         metadata = ()
         if self.token_source is not None:
             token = await self.token_source()
@@ -47,19 +47,31 @@ class IdentityClient:
                 details = bad_request(exc)
                 if details is not None and details.field_violations:
                     raise errors.InvalidArgument(
-                        [errors.FieldViolation(v.field, v.description) for v in details.field_violations]
+                        [
+                            errors.FieldViolation((fields or {}).get(v.field, v.field), v.description)
+                            for v in details.field_violations
+                        ]
                     ) from None
                 raise errors.InvalidArgument([], exc.details() or "invalid user") from None
             raise errors.Unavailable(
                 f"identity service did not answer ({code.name})", dependency="identity"
             ) from exc
 
-    async def create_user(self, email: str, display_name: str, password: str, request_id: str = "") -> User:
+    async def create_user(
+        self,
+        email: str,
+        display_name: str,
+        password: str,
+        request_id: str = "",
+        fields: dict[str, str] | None = None,
+    ) -> User:
+        """Create an account; ``fields`` renames identity's field names in violations to the caller's request."""
         answer = await self._call(
             "CreateUser",
             ipb.CreateUserRequest(
                 email=email, display_name=display_name, password=password, request_id=request_id
             ),
+            fields,
         )
         return _user(answer.user)
 

@@ -52,7 +52,15 @@ class Organizations(Core):
             # identity's request_id makes a retried bootstrap get the same user back; an email
             # that already has an account is refused (ALREADY_EXISTS), never taken over.
             user = await self.identity.create_user(
-                email, display_name or email.split("@")[0], password, request_id=f"tenancy-bootstrap:{email}"
+                email,
+                display_name or email.split("@")[0],
+                password,
+                request_id=f"tenancy-bootstrap:{email}",
+                fields={
+                    "email": "admin_email",
+                    "password": "admin_password",
+                    "display_name": "admin_display_name",
+                },
             )
             now = self.clock()
             org = m.Organization(
@@ -336,6 +344,7 @@ class Organizations(Core):
             display_name or email.split("@")[0],
             password,
             request_id=f"tenancy-member:{org.id}:{email}",
+            fields={"password": "initial_password"},
         )
         member = m.OrgMember(
             org.id, user.id, role, m.MEMBER_ACTIVE, self.clock(), user.email, user.display_name
