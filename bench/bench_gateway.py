@@ -8,9 +8,14 @@ The whole stack runs as processes (``gatehouse-run`` on SQLite, as ``make run``
 starts it); the bootstrapped platform admin signs in, creates a workspace, and
 then one client process measures, in the same run:
 
-1. latency: sequential calls, alternating blocks of 100 between the two paths
-   (so drift on a shared machine hits both alike) — p50, p99, mean;
-2. throughput: ``--concurrency`` calls in flight on one connection/channel.
+- latency: sequential calls, alternating blocks of 100 between the two paths
+  (so drift on a shared machine hits both alike) — p50, p99, mean;
+- throughput: ``--concurrency`` calls in flight on one connection pool/channel.
+
+for (1) the issue's pair, ``GET /api/v1/workspaces/{id}/access`` vs tenancy's
+``GetWorkspaceAccess``, and (2) ``POST /api/v1/authz:access`` vs authz
+``GetAccess``, which authz answers from memory, so the gateway's own cost shows
+against a sub-millisecond baseline.
 
 The HTTP client is aiohttp (keep-alive), the gRPC client grpc.aio; both decode the
 answer (JSON / protobuf). Every phase is bounded by the request count and by
@@ -31,6 +36,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
+from gatehouse.authz.v1 import authz_service_pb2, authz_service_pb2_grpc
 from gatehouse.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from gatehouse.tenancy.v1 import (
     organization_service_pb2,
@@ -39,6 +45,7 @@ from gatehouse.tenancy.v1 import (
     workspace_service_pb2_grpc,
 )
 from gatehouse.testing.stack import start_stack
+from gatehouse.type.v1 import refs_pb2
 
 PASSWORD = "Copper-Falcon-Meadow-2026"
 BOOTSTRAP = {
@@ -63,8 +70,8 @@ def _row(name: str, samples: list[float]) -> str:
     )
 
 
-def setup(stack) -> tuple[str, str]:
-    """Sign in as the bootstrapped admin and create a workspace; returns (token, workspace id)."""
+def setup(stack) -> tuple[str, str, str]:
+    """Sign in as the bootstrapped admin and create a workspace; returns (token, user id, workspace id)."""
     with (
         grpc.insecure_channel(stack.addresses["identity"]) as ich,
         grpc.insecure_channel(stack.addresses["tenancy"]) as tch,
@@ -92,71 +99,108 @@ def setup(stack) -> tuple[str, str]:
             )
             .workspace
         )
-    return login.access_token, ws.id
+    return login.access_token, login.user.id, ws.id
 
 
-async def measure(stack, token: str, workspace_id: str, args) -> None:
+async def compare(title: str, direct, gateway, args) -> None:
+    """Latency (sequential, alternating blocks) and throughput of two callables, printed side by side."""
+    print(title)
+    for call in (direct, gateway):  # warm up both paths
+        for _ in range(50):
+            await call()
+    samples: dict[str, list[float]] = {"direct": [], "gateway": []}
+    deadline = time.monotonic() + args.max_seconds
+    while min(len(s) for s in samples.values()) < args.requests and time.monotonic() < deadline:
+        for name, call in (("direct", direct), ("gateway", gateway)):
+            for _ in range(BLOCK):
+                started = time.perf_counter()
+                await call()
+                samples[name].append(time.perf_counter() - started)
+    print(f" latency, sequential (one call in flight), alternating blocks of {BLOCK}:")
+    for name in ("direct", "gateway"):
+        print(_row(name, samples[name]))
+    d99, g99 = _pct(samples["direct"], 0.99), _pct(samples["gateway"], 0.99)
+    d50, g50 = _pct(samples["direct"], 0.5), _pct(samples["gateway"], 0.5)
+    print(
+        f"  gateway/direct: p50 {g50 / d50:.2f}x (+{(g50 - d50) * 1000:.2f} ms), "
+        f"p99 {g99 / d99:.2f}x (target p99 <= 2.00x)"
+    )
+    print(f" throughput, {args.concurrency} calls in flight, {args.requests * 2} calls per path:")
+    rates = {}
+    for name, call in (("direct", direct), ("gateway", gateway)):
+        remaining = args.requests * 2
+        deadline = time.monotonic() + args.max_seconds
+        latencies: list[float] = []
+
+        async def worker(call=call, deadline=deadline, latencies=latencies) -> None:
+            nonlocal remaining
+            while remaining > 0 and time.monotonic() < deadline:
+                remaining -= 1
+                started = time.perf_counter()
+                await call()
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        rates[name] = len(latencies) / (time.perf_counter() - started)
+        print(_row(name, latencies) + f"  {rates[name]:8.0f} req/s")
+    print(f"  gateway/direct throughput: {rates['gateway'] / rates['direct']:.2f}x")
+
+
+async def measure(stack, token: str, user_id: str, workspace_id: str, args) -> None:
     md = (("authorization", f"Bearer {token}"),)
-    url = f"http://{stack.addresses['gateway']}/api/v1/workspaces/{workspace_id}/access"
+    base = f"http://{stack.addresses['gateway']}"
     headers = {"Authorization": f"Bearer {token}"}
-    request = workspace_service_pb2.GetWorkspaceAccessRequest(workspace_id=workspace_id)
-    channel = grpc.aio.insecure_channel(stack.addresses["tenancy"])
-    stub = workspace_service_pb2_grpc.WorkspaceServiceStub(channel)
+    tenancy = grpc.aio.insecure_channel(stack.addresses["tenancy"])
+    authz = grpc.aio.insecure_channel(stack.addresses["authz"])
+    workspaces = workspace_service_pb2_grpc.WorkspaceServiceStub(tenancy)
+    access_stub = authz_service_pb2_grpc.AuthzServiceStub(authz)
+    ws_request = workspace_service_pb2.GetWorkspaceAccessRequest(workspace_id=workspace_id)
+    subject = {"type": "user", "id": user_id}
+    resource = {"type": "workspace", "id": workspace_id}
+    authz_request = authz_service_pb2.GetAccessRequest(
+        subject=refs_pb2.SubjectRef(**subject), resource=refs_pb2.ResourceRef(**resource)
+    )
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as http:
 
-        async def direct() -> None:
-            answer = await stub.GetWorkspaceAccess(request, metadata=md, timeout=10)
+        async def direct_workspace() -> None:
+            answer = await workspaces.GetWorkspaceAccess(ws_request, metadata=md, timeout=10)
             assert answer.member_role == "owner"
 
-        async def gateway() -> None:
-            async with http.get(url, headers=headers) as resp:
+        async def gateway_workspace() -> None:
+            async with http.get(f"{base}/api/v1/workspaces/{workspace_id}/access", headers=headers) as resp:
                 body = await resp.json()
                 assert resp.status == 200 and body["memberRole"] == "owner", body
 
-        for call in (direct, gateway):  # warm up both paths
-            for _ in range(50):
-                await call()
+        async def direct_authz() -> None:
+            answer = await access_stub.GetAccess(authz_request, metadata=md, timeout=10)
+            assert answer.member_role == "owner"
 
-        # 1. latency, sequential, alternating blocks
-        samples: dict[str, list[float]] = {"direct": [], "gateway": []}
-        deadline = time.monotonic() + args.max_seconds
-        while min(len(s) for s in samples.values()) < args.requests and time.monotonic() < deadline:
-            for name, call in (("direct", direct), ("gateway", gateway)):
-                for _ in range(BLOCK):
-                    started = time.perf_counter()
-                    await call()
-                    samples[name].append(time.perf_counter() - started)
-        print(f"latency, sequential (one call in flight), alternating blocks of {BLOCK}:")
-        for name in ("direct", "gateway"):
-            print(_row(name, samples[name]))
-        d99, g99 = _pct(samples["direct"], 0.99), _pct(samples["gateway"], 0.99)
-        d50, g50 = _pct(samples["direct"], 0.5), _pct(samples["gateway"], 0.5)
-        print(f"  gateway/direct: p50 {g50 / d50:.2f}x, p99 {g99 / d99:.2f}x (target p99 <= 2.00x)")
+        async def gateway_authz() -> None:
+            async with http.post(
+                f"{base}/api/v1/authz:access",
+                json={"subject": subject, "resource": resource},
+                headers=headers,
+            ) as resp:
+                body = await resp.json()
+                assert resp.status == 200 and body["memberRole"] == "owner", body
 
-        # 2. throughput with calls in flight
-        print(f"throughput, {args.concurrency} calls in flight, {args.requests * 2} calls per path:")
-        rates = {}
-        for name, call in (("direct", direct), ("gateway", gateway)):
-            remaining = args.requests * 2
-            deadline = time.monotonic() + args.max_seconds
-            latencies: list[float] = []
-
-            async def worker(call=call, deadline=deadline, latencies=latencies) -> None:
-                nonlocal remaining
-                while remaining > 0 and time.monotonic() < deadline:
-                    remaining -= 1
-                    started = time.perf_counter()
-                    await call()
-                    latencies.append(time.perf_counter() - started)
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            elapsed = time.perf_counter() - started
-            rates[name] = len(latencies) / elapsed
-            print(_row(name, latencies) + f"  {rates[name]:8.0f} req/s")
-        print(f"  gateway/direct throughput: {rates['gateway'] / rates['direct']:.2f}x")
-    await channel.close()
+        await compare(
+            "1. GET /api/v1/workspaces/{id}/access vs WorkspaceService/GetWorkspaceAccess on tenancy",
+            direct_workspace,
+            gateway_workspace,
+            args,
+        )
+        await compare(
+            "2. POST /api/v1/authz:access vs AuthzService/GetAccess (authz answers from memory: "
+            "isolates the gateway's own cost)",
+            direct_authz,
+            gateway_authz,
+            args,
+        )
+    await tenancy.close()
+    await authz.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp) / "data", extra_env={**BOOTSTRAP, "GATEHOUSE_LOG_LEVEL": args.log_level}
         )
         try:
-            token, workspace_id = setup(stack)
+            token, user_id, workspace_id = setup(stack)
             print(f"stack up (SQLite, log level {args.log_level}); workspace {workspace_id}")
-            asyncio.run(measure(stack, token, workspace_id, args))
+            asyncio.run(measure(stack, token, user_id, workspace_id, args))
         finally:
             stack.stop()
     return 0

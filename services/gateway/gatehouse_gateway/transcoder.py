@@ -364,7 +364,7 @@ class Route:
     def _derive_mask(self, message, body_value) -> None:
         """PUT/PATCH with a resource body and no mask: update only the fields present in the body."""
         if not isinstance(body_value, dict):
-            return
+            body_value = {}  # `null`: nothing named, so nothing to update (never a full replace)
         target = self.body_chain[-1].message_type
         prefix = _proto_path(self.body_chain) + "."
         paths = [p for p in present_paths(body_value, target) if prefix + p not in self.bound]

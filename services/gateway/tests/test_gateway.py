@@ -118,8 +118,9 @@ async def test_put_with_partial_body_derives_the_update_mask(env):
     )
     assert body["updateMask"] == "note"
     # nothing to update is a client error, not a silent full replace
-    status, body, _ = await env.call("PUT", "/api/v1/probe/items/i-1", json={})
-    assert status == 400 and _violations(body) == ["item"]
+    for empty in (b"{}", b"null", b""):
+        status, body, _ = await env.call("PUT", "/api/v1/probe/items/i-1", data=empty)
+        assert status == 400 and _violations(body) == ["item"], empty
 
 
 async def test_a_new_annotated_rpc_appears_without_gateway_code():
