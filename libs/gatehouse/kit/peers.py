@@ -16,7 +16,11 @@ def jwks_fetcher(channel: grpc.aio.Channel, timeout: float = 2.0):
     stub = identity_service_pb2_grpc.IdentityServiceStub(channel)
 
     async def fetch() -> list[dict]:
-        answer = await stub.GetJwks(identity_service_pb2.GetJwksRequest(), timeout=timeout)
+        # wait_for_ready: right after start-up the channel may still be backing off from a refused
+        # connection; waiting (within the timeout) beats failing and then not refetching for a while.
+        answer = await stub.GetJwks(
+            identity_service_pb2.GetJwksRequest(), timeout=timeout, wait_for_ready=True
+        )
         return [
             {k: v for k, v in json_format.MessageToDict(key, preserving_proto_field_name=True).items() if v}
             for key in answer.keys

@@ -89,7 +89,7 @@ def _positive_int(var: str, text: str) -> int:
 def _dev_secret(path: pathlib.Path, size: int) -> str:
     """The development secret in ``path`` (base64), generated with mode 0600 on first use."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         text = base64.b64encode(secrets.token_bytes(size)).decode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
