@@ -79,6 +79,7 @@ async def test_company_with_three_groups_union_of_roles(env):
         gpb.ListGroupsRequest(organization_id=org.id, page_size=2), metadata=none.md
     )
     assert len(listed.groups) == 2 and listed.next_page_token
+    assert [g.member_count for g in listed.groups] == [1, 1]
     members = await env.groups.ListGroupMembers(
         gpb.ListGroupMembersRequest(group_id=admins.id), metadata=none.md
     )

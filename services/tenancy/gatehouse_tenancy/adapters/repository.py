@@ -488,7 +488,17 @@ class Repository:
                 .limit(limit)
             )
         ).all()
-        return [_group(r, await self.count_group_members(r.id)) for r in rows]
+        gm = t.group_members.c
+        counts = dict(
+            (
+                await self.s.execute(
+                    sa.select(gm.group_id, sa.func.count())
+                    .where(gm.group_id.in_([r.id for r in rows]))
+                    .group_by(gm.group_id)
+                )
+            ).all()
+        )
+        return [_group(r, counts.get(r.id, 0)) for r in rows]
 
     async def is_group_member(self, group_id: str, user_id: str) -> bool:
         c = t.group_members.c
