@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
-from gatehouse.kit import audit_log, outbox
+from gatehouse.kit import audit_log, errors, outbox
 from gatehouse.kit.db import Database
 from gatehouse_identity.adapters.tables import (
     idempotency,
@@ -116,8 +117,15 @@ class Tx:
         rows = (await self.session.execute(sa.select(users).where(users.c.id.in_(list(ids))))).all()
         return {r.id: _user(r) for r in rows}
 
+    async def _insert(self, statement, conflict: str) -> None:
+        """An INSERT whose unique-key violation (a concurrent twin won) is ALREADY_EXISTS."""
+        try:
+            await self.session.execute(statement)
+        except IntegrityError:
+            raise errors.AlreadyExists(conflict) from None
+
     async def insert_user(self, user: m.User) -> None:
-        await self.session.execute(
+        await self._insert(
             users.insert().values(
                 id=user.id,
                 email=user.email,
@@ -128,7 +136,8 @@ class Tx:
                 version=user.version,
                 created_at=user.created_at,
                 updated_at=user.updated_at,
-            )
+            ),
+            f"a user with email {user.email!r} already exists",
         )
 
     async def update_user(self, user_id: str, *, expected_version: int | None = None, **values) -> bool:
@@ -394,14 +403,15 @@ class Tx:
 
     # ---- service accounts ----------------------------------------------------------
     async def insert_service_account(self, a: m.ServiceAccount) -> None:
-        await self.session.execute(
+        await self._insert(
             service_accounts.insert().values(
                 id=a.id,
                 name=a.name,
                 client_id=a.client_id,
                 secret_hash=a.secret_hash,
                 created_at=a.created_at,
-            )
+            ),
+            f"a service account named {a.name!r} already exists",
         )
 
     async def get_service_account(self, *, id: str = "", name: str = "", client_id: str = ""):
