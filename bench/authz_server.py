@@ -43,7 +43,7 @@ async def serve_authz() -> None:
     from gatehouse.kit.auth import JwksCache, TokenVerifier
     from gatehouse.kit.config import Settings
     from gatehouse.kit.logs import setup_logging
-    from gatehouse_authz.server import build
+    from gatehouse_authz.server import CachedVerifier, build
 
     jwk = json.loads(os.environ["BENCH_JWK"])
 
@@ -57,12 +57,20 @@ async def serve_authz() -> None:
 
     def bench_build(settings, runtime):
         spec = build(settings, runtime)
-        spec.verifier = verifier
+        spec.verifier = CachedVerifier(verifier)  # as in production, over the benchmark's key
         spec.depends_on = ()  # identity is not running in the benchmark
         found["follower"] = next(h.__self__ for h in spec.on_start if getattr(h, "__name__", "") == "load")
         return spec
 
-    server = build_server(settings, bench_build)
+    if os.environ.get("BENCH_TELEMETRY", "1") == "0":
+        # Measurement variant: the same server without the kit's telemetry interceptor.
+        from gatehouse.kit.app import Runtime
+        from gatehouse.kit.server import GatehouseServer
+
+        spec = bench_build(settings, Runtime(settings))
+        server = GatehouseServer(settings, spec, verifier=spec.verifier)
+    else:
+        server = build_server(settings, bench_build)
     port = await server.start()
     await server.wait_started()
     print(json.dumps({"port": port, "load_seconds": found["follower"].load_seconds}), flush=True)

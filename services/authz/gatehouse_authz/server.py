@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
 import grpc
 
@@ -17,6 +18,7 @@ from gatehouse.kit.app import Runtime, run_service
 from gatehouse.kit.config import ConfigError, Settings
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import migrate_on_start
+from gatehouse.kit.peers import identity_token_verifier
 from gatehouse.kit.server import ServiceSpec
 from gatehouse_authz.adapters.follower import Follower
 from gatehouse_authz.adapters.store import Store
@@ -42,6 +44,38 @@ def load_configured_catalog(environ=os.environ):
         raise ConfigError(f"{CATALOG_VARIABLE}: {exc}") from None
 
 
+class CachedVerifier:
+    """Remembers verified tokens for ``ttl`` seconds (never past their expiry).
+
+    Authz is asked on every request of every backend, mostly by the same few
+    service accounts: verifying the same ES256 token again on each call cost more
+    than the check itself (~130 µs). Keyed by the whole token (signature included),
+    so nothing unverified is ever served; failures are not cached. A revoked session
+    is refused at most ``ttl`` later than by an uncached verifier — of the order of
+    the revocation poller's own 1 s interval.
+    """
+
+    def __init__(self, verify, *, ttl: float = 1.0, max_entries: int = 10_000):
+        self._verify = verify
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[float, object]] = {}
+
+    async def __call__(self, token: str):
+        now = time.monotonic()
+        hit = self._cache.get(token)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = await self._verify(token)
+        until = now + self.ttl
+        if principal.expires_at is not None:
+            until = min(until, now + principal.expires_at - time.time())
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[token] = (until, principal)
+        return principal
+
+
 def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
     catalog = load_configured_catalog()
     db = Database(settings.database_url)
@@ -65,6 +99,7 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         background=[follower.run, relay.run],
         on_stop=[db.dispose],
         depends_on=("identity",),
+        verifier=CachedVerifier(identity_token_verifier(settings, runtime.channel("identity"))),
     )
 
 

@@ -113,3 +113,30 @@ def test_the_service_refuses_to_start_with_a_bad_catalog(tmp_path):
     )
     assert done.returncode == 2
     assert CATALOG_VARIABLE in done.stderr and "role 'emperor' is not a role of" in done.stderr
+
+
+async def test_cached_verifier_serves_only_verified_tokens_for_a_short_time():
+    import asyncio as _asyncio
+
+    from gatehouse.kit import errors
+    from gatehouse.testing.tokens import TokenMint
+    from gatehouse_authz.server import CachedVerifier
+
+    mint, calls = TokenMint(), []
+
+    async def counting(token):
+        calls.append(token)
+        return await mint.verifier(token)
+
+    cached = CachedVerifier(counting, ttl=0.2)
+    token = mint.service()
+    first, second = await cached(token), await cached(token)
+    assert first == second and first.kind == "service" and len(calls) == 1
+    with pytest.raises(errors.Unauthenticated):
+        await cached(token[:-4] + "AAAA")  # a forged signature is verified (and refused), never served
+    with pytest.raises(errors.Unauthenticated):
+        await cached(token[:-4] + "AAAA")
+    assert len(calls) == 3  # failures are not cached
+    await _asyncio.sleep(0.25)
+    await cached(token)
+    assert len(calls) == 4  # verified again after the ttl

@@ -123,4 +123,4 @@ async def test_a_new_parent_replaces_the_old_one(store):
     for revision, changes in await store.changes_since(0):
         index.apply(changes, revision)
     assert index.parent[("workspace", "w")] == ("organization", "o2")
-    assert ("workspace", "w") not in index.children[("organization", "o1")]
+    assert ("workspace", "w") not in index.children.get(("organization", "o1"), ())

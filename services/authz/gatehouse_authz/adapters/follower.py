@@ -64,10 +64,9 @@ class Follower:
 
     async def load(self) -> None:
         started = time.perf_counter()
-        revision, changes = await self.store.snapshot()
-        self.index.apply(changes, revision)
+        revision, count = await self.store.load_into(self.index)
         self.load_seconds = time.perf_counter() - started
-        log.info("index loaded: %d items at revision %d in %.2fs", len(changes), revision, self.load_seconds)
+        log.info("index loaded: %d items at revision %d in %.2fs", count, revision, self.load_seconds)
 
     async def catch_up(self) -> int:
         """Apply every committed change after the index's revision; returns the new revision."""

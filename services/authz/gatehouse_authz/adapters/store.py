@@ -56,6 +56,17 @@ def decode_changes(text: str) -> list[m.Change]:
     return out
 
 
+async def _load_copy(copy, load, chunk: int = 5000) -> int:
+    """Feed the rows of a ``COPY … TO STDOUT`` to ``load`` in chunks (psycopg parses the format)."""
+    count, rows = 0, []
+    async for row in copy.rows():
+        rows.append(row)
+        if len(rows) >= chunk:
+            count += load(rows)
+            rows = []
+    return count + (load(rows) if rows else 0)
+
+
 class Store:
     def __init__(self, db: Database):
         self.db = db
@@ -76,6 +87,50 @@ class Store:
                 for row in await s.execute(sa.select(states))
             ]
         return revision, changes
+
+    async def load_into(self, index, chunk: int = 20_000) -> tuple[int, int]:
+        """Stream every row into ``index`` from one consistent snapshot; returns (revision, rows).
+
+        Rows go from a server-side cursor straight into the index in chunks, with no list
+        of the whole data set in between (a million relationships load in seconds and
+        the process keeps no transient copy of them).
+        """
+        async with self.db.unit_of_work() as uow:
+            s = uow.session
+            if self.db.is_postgres:
+                await s.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            revision = (await s.execute(sa.select(meta.c.revision).where(meta.c.id == 1))).scalar_one()
+            if self.db.is_postgres:
+                count = await self._copy_into(s, index)
+                index.revision = max(index.revision, revision)
+                return revision, count
+            count = 0
+            options = {"yield_per": chunk}
+            rows = await s.stream(
+                sa.select(*(relationships.c[f] for f in TUPLE_FIELDS)), execution_options=options
+            )
+            async for part in rows.partitions(chunk):
+                count += index.load_rows(part)
+            state_rows = await s.stream(
+                sa.select(states.c.kind, states.c.key, states.c.value), execution_options=options
+            )
+            async for part in state_rows.partitions(chunk):
+                count += index.load_rows((), part)
+        index.revision = max(index.revision, revision)
+        return revision, count
+
+    async def _copy_into(self, session, index) -> int:
+        """PostgreSQL: ``COPY … TO STDOUT`` in the snapshot's transaction, rows parsed as they arrive."""
+        connection = await session.connection()
+        raw = (await connection.get_raw_connection()).driver_connection
+        count = 0
+        async with raw.cursor() as cursor:
+            columns = ", ".join(TUPLE_FIELDS)
+            async with cursor.copy(f"COPY relationships ({columns}) TO STDOUT") as copy:
+                count += await _load_copy(copy, index.load_rows)
+            async with cursor.copy("COPY states (kind, key, value) TO STDOUT") as copy:
+                count += await _load_copy(copy, lambda rows: index.load_rows((), rows))
+        return count
 
     async def head(self) -> int:
         async with self.db.unit_of_work() as uow:

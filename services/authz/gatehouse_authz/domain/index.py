@@ -24,30 +24,75 @@ class UnknownCapability(ValueError):
     pass
 
 
+SMALL = 8  # up to this many members a multimap value is a tuple (48 B + 8 B each), then a set
+
+
+def _add(mapping: dict, key, value) -> None:
+    """Add ``value`` to the collection at ``key``: a tuple while small, a set beyond :data:`SMALL`.
+
+    Most keys hold a handful of values (a user's workspaces, a user's organizations), and a
+    set costs at least 216 bytes; at a million relationships that difference is most of the
+    index's memory.
+    """
+    have = mapping.get(key)
+    if have is None:
+        mapping[key] = (value,)
+    elif type(have) is tuple:
+        if value not in have:
+            mapping[key] = have + (value,) if len(have) < SMALL else {*have, value}
+    else:
+        have.add(value)
+
+
+def _discard(mapping: dict, key, value) -> None:
+    have = mapping.get(key)
+    if have is None:
+        return
+    if type(have) is tuple:
+        if value in have:
+            rest = tuple(v for v in have if v != value)
+            if rest:
+                mapping[key] = rest
+            else:
+                del mapping[key]
+    else:
+        have.discard(value)
+        if not have:
+            del mapping[key]
+
+
 class Index:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         self.revision = 0
         # resource -> subject -> roles (interned frozensets: a million bindings share a handful of sets)
-        self.roles: dict[m.Ref, dict[m.Ref, frozenset[str]]] = defaultdict(dict)
-        self.bound: dict[m.Ref, set[m.Ref]] = defaultdict(set)  # subject -> resources with a role for it
+        self.roles: dict[m.Ref, dict[m.Ref, frozenset[str]]] = {}
+        # Reverse maps (values are tuples while small, sets beyond; see _add):
+        self.bound: dict[m.Ref, tuple | set] = {}  # subject -> resources with a role for it
         self.parent: dict[m.Ref, m.Ref] = {}
-        self.children: dict[m.Ref, set[m.Ref]] = defaultdict(set)
-        self.grants: dict[m.Ref, dict[m.Ref, set[str]]] = defaultdict(lambda: defaultdict(set))
-        self.granted: dict[m.Ref, set[m.Ref]] = defaultdict(set)  # subject -> resources granted to it
+        self.children: dict[m.Ref, tuple | set] = {}  # parent -> children
+        self.grants: dict[m.Ref, dict[m.Ref, set[str]]] = {}  # resource -> subject -> capabilities
+        self.granted: dict[m.Ref, tuple | set] = {}  # subject -> resources granted to it
         self.by_type: dict[str, set[str]] = defaultdict(set)
         self.disabled: set[str] = set()
         self.membership: dict[tuple[str, str], str] = {}
-        self.org_members: dict[str, set[str]] = defaultdict(set)
-        self.user_orgs: dict[str, set[str]] = defaultdict(set)
+        self.org_members: dict[str, tuple | set] = {}
+        self.user_orgs: dict[str, tuple | set] = {}
         self.deleted: set[str] = set()
         self.require_mfa: set[str] = set()
-        self.member_of: dict[m.Ref, set[m.Ref]] = {}  # user -> groups it is a member of
+        self.member_of: dict[m.Ref, tuple | set] = {}  # user -> groups it is a member of
         self._refs: dict[m.Ref, m.Ref] = {}  # interned refs (one tuple object per resource/subject)
         self._role_sets: dict[frozenset[str], frozenset[str]] = {}  # interned role sets
+        self._strings: dict[str, str] = {}  # interned ids and names
 
-    def _ref(self, ref: m.Ref) -> m.Ref:
-        return self._refs.setdefault(ref, ref)
+    def _ref(self, rtype: str, rid: str) -> m.Ref:
+        ref = (rtype, rid)
+        found = self._refs.get(ref)
+        if found is None:
+            strings = self._strings
+            found = (strings.setdefault(rtype, rtype), strings.setdefault(rid, rid))
+            self._refs[found] = found
+        return found
 
     def _roles_set(self, roles: frozenset[str]) -> frozenset[str]:
         return self._role_sets.setdefault(roles, roles)
@@ -55,67 +100,104 @@ class Index:
     # ---- applying changes -------------------------------------------------
     def apply(self, changes: Iterable[m.Change], revision: int) -> None:
         for change in changes:
-            if isinstance(change.item, m.Tuple):
-                self._tuple(change.item, change.op == "put")
+            item = change.item
+            if isinstance(item, m.Tuple):
+                self.put_row(
+                    item.resource_type,
+                    item.resource_id,
+                    item.relation,
+                    item.subject_type,
+                    item.subject_id,
+                    item.capability,
+                    change.op == "put",
+                )
             else:
-                self._state(change.item, change.op == "put")
+                self._state(item, change.op == "put")
         self.revision = max(self.revision, revision)
 
+    def load_rows(self, rows: Iterable[tuple], states: Iterable[tuple] = ()) -> int:
+        """Bulk load: relationship rows ``(rtype, rid, relation, stype, sid, capability)`` and state
+        rows ``(kind, key, value)``, straight from the database (no intermediate objects)."""
+        count = 0
+        put = self.put_row
+        for row in rows:
+            put(*row)
+            count += 1
+        for kind, key, value in states:
+            self._state(m.State(kind, key, value), True)
+            count += 1
+        return count
+
     def _tuple(self, t: m.Tuple, put: bool) -> None:
-        res, sub = self._ref(t.resource), self._ref(t.subject)
+        self.put_row(
+            t.resource_type, t.resource_id, t.relation, t.subject_type, t.subject_id, t.capability, put
+        )
+
+    def put_row(
+        self, rtype: str, rid: str, relation: str, stype: str, sid: str, cap: str = "", put=True
+    ) -> None:
+        res, sub = self._ref(rtype, rid), self._ref(stype, sid)
         if put:
-            self.by_type[t.resource_type].add(t.resource_id)
-        if t.relation == "parent":
+            self.by_type[res[0]].add(res[1])
+        if relation == "parent":
             if put:
                 old = self.parent.get(res)
                 if old is not None and old != sub:
-                    self.children[old].discard(res)
+                    _discard(self.children, old, res)
                 self.parent[res] = sub
-                self.children[sub].add(res)
-                self.by_type[t.subject_type].add(t.subject_id)
+                _add(self.children, sub, res)
+                self.by_type[sub[0]].add(sub[1])
             elif self.parent.get(res) == sub:
                 del self.parent[res]
-                self.children[sub].discard(res)
-        elif t.relation == "grant":
+                _discard(self.children, sub, res)
+        elif relation == "grant":
             if put:
-                self.grants[res][sub].add(t.capability)
-                self.granted[sub].add(res)
+                self.grants.setdefault(res, {}).setdefault(sub, set()).add(self._strings.setdefault(cap, cap))
+                _add(self.granted, sub, res)
             else:
                 caps = self.grants.get(res, {}).get(sub)
                 if caps is None:
                     return
-                caps.discard(t.capability)
+                caps.discard(cap)
                 if not caps:
                     del self.grants[res][sub]
-                    self.granted[sub].discard(res)
+                    if not self.grants[res]:
+                        del self.grants[res]
+                    _discard(self.granted, sub, res)
         else:
-            bindings = self.roles[res]
+            bindings = self.roles.get(res)
+            if bindings is None:
+                if not put:
+                    return
+                bindings = self.roles[res] = {}
             have = bindings.get(sub, frozenset())
-            now = have | {t.relation} if put else have - {t.relation}
+            now = have | {relation} if put else have - {relation}
             if now:
                 bindings[sub] = self._roles_set(now)
-                self.bound[sub].add(res)
+                _add(self.bound, sub, res)
             else:
                 bindings.pop(sub, None)
-                self.bound[sub].discard(res)
-            if t.resource_type == "group" and t.relation == "member":
-                groups = self.member_of.setdefault(sub, set())
+                _discard(self.bound, sub, res)
+                if not bindings:
+                    del self.roles[res]
+            if rtype == "group" and relation == "member":
                 if put:
-                    groups.add(res)
+                    _add(self.member_of, sub, res)
                 else:
-                    groups.discard(res)
+                    _discard(self.member_of, sub, res)
 
     def _state(self, s: m.State, put: bool) -> None:
         if s.kind == "membership":
-            org, user = s.key.split("|", 1)
+            strings = self._strings
+            org, user = (strings.setdefault(x, x) for x in s.key.split("|", 1))
             if put:
-                self.membership[(org, user)] = s.value
-                self.org_members[org].add(user)
-                self.user_orgs[user].add(org)
+                self.membership[(org, user)] = strings.setdefault(s.value, s.value)
+                _add(self.org_members, org, user)
+                _add(self.user_orgs, user, org)
             else:
                 self.membership.pop((org, user), None)
-                self.org_members[org].discard(user)
-                self.user_orgs[user].discard(org)
+                _discard(self.org_members, org, user)
+                _discard(self.user_orgs, user, org)
             return
         target = {"disabled": self.disabled, "deleted": self.deleted, "require_mfa": self.require_mfa}[s.kind]
         if put and s.value == "1":
