@@ -177,6 +177,44 @@ def test_sign_in_workspace_members_access_and_audit_through_http(stack):
     assert any("member" in a and "update" in a for a in actions), sorted(actions)
 
 
+def test_error_classes_from_the_services_map_to_http(stack):
+    http = Http(f"http://{stack.addresses['gateway']}")
+    _, login, _ = http("POST", "/api/v1/auth/login", {"email": "ops@example.com", "password": PASSWORD})
+    admin, admin_id = login["accessToken"], login["user"]["id"]
+    _, org, _ = http("GET", "/api/v1/organizations:bySlug/gateway-inc")
+    status, created, _ = http(
+        "POST",
+        "/api/v1/workspaces",
+        {"organizationId": org["organization"]["id"], "name": "Errors"},
+        token=admin,
+    )
+    assert status == 200, created
+    ws_id = created["workspace"]["id"]
+    # FAILED_PRECONDITION → 400 with the reason
+    status, body, _ = http("DELETE", f"/api/v1/workspaces/{ws_id}/members/user:{admin_id}", token=admin)
+    assert status == 400 and body["code"] == 9 and _reason(body) == "OWNER_CANNOT_BE_REMOVED", body
+    # ABORTED (stale etag) → 409
+    status, body, _ = http("DELETE", f"/api/v1/workspaces/{ws_id}?etag=stale", token=admin)
+    assert status == 409 and body["code"] == 10 and _reason(body) == "ETAG_MISMATCH", body
+    # INVALID_ARGUMENT from a service → 400 with one field violation per bad field
+    status, body, _ = http(
+        "POST", "/api/v1/workspaces", {"organizationId": org["organization"]["id"], "name": ""}, token=admin
+    )
+    assert status == 400 and body["code"] == 3, body
+    assert [v["field"] for d in body["details"] for v in d.get("fieldViolations", [])] == ["name"], body
+    # RESOURCE_EXHAUSTED (login lockout) → 429 with Retry-After
+    answers = []
+    for _ in range(8):  # the lockout threshold is 5 failures
+        status, body, headers = http(
+            "POST", "/api/v1/auth/login", {"email": "eve@example.com", "password": "wrong-guess-1"}
+        )
+        answers.append(status)
+        if status == 429:
+            break
+    assert answers[0] == 401 and answers[-1] == 429, answers
+    assert _reason(body) == "LOGIN_LOCKED" and int(headers["Retry-After"]) > 0
+
+
 def test_gateway_health_and_openapi_in_the_stack(stack):
     http = Http(f"http://{stack.addresses['gateway']}")
     status, body, _ = http("GET", "/readyz")

@@ -130,18 +130,18 @@ def parse_template(template: str) -> PathTemplate:
 
 # --------------------------------------------------------------------------- field helpers
 
-_FIELDS_CACHE: dict[str, dict[str, FD]] = {}
+_FIELDS_CACHE: dict[descriptor.Descriptor, dict[str, FD]] = {}  # per descriptor (pools may differ)
 
 
 def fields_of(desc: descriptor.Descriptor) -> dict[str, FD]:
     """Fields by proto name and by JSON (camelCase) name."""
-    found = _FIELDS_CACHE.get(desc.full_name)
+    found = _FIELDS_CACHE.get(desc)
     if found is None:
         found = {}
         for f in desc.fields:
             found[f.name] = f
             found[f.json_name] = f
-        _FIELDS_CACHE[desc.full_name] = found
+        _FIELDS_CACHE[desc] = found
     return found
 
 
