@@ -202,6 +202,15 @@ async def test_one_organization_cannot_see_anything_of_another(env):
     ]
     for call in calls:
         await fails(call, Code.NOT_FOUND)
+    # the answer does not even differ from the one for an id that never existed
+    unknown_id = "0190aaaa-0000-7000-8000-000000000000"
+    for get, real in (
+        (lambda i: env.ws.GetWorkspace(wpb.GetWorkspaceRequest(workspace_id=i), metadata=a.md), ws_b.id),
+        (lambda i: env.groups.GetGroup(gpb.GetGroupRequest(group_id=i), metadata=a.md), group_b.id),
+    ):
+        seen = await fails(get(real), Code.NOT_FOUND)
+        unknown = await fails(get(unknown_id), Code.NOT_FOUND)
+        assert seen.details().replace(real, "X") == unknown.details().replace(unknown_id, "X")
     # and the group of B cannot be added to A's workspace
     ws_a = await env.workspace(owner_a, org_a.id)
     await fails(
