@@ -36,8 +36,12 @@ ATTEMPTS = 5
 _COPY = f"COPY {events.name} ({', '.join(EVENT_FIELDS)}) FROM STDIN"
 
 
+_COLUMNS = [events.c[name] for name in EVENT_FIELDS]
+
+
 def _event(row) -> Event:
-    return Event(**{name: row._mapping[name] for name in EVENT_FIELDS})
+    """An event from a row of ``sa.select(*_COLUMNS)`` (positional: the row is built once)."""
+    return Event(*row)
 
 
 def _state(row) -> ChainState:
@@ -220,7 +224,7 @@ class AuditStore:
             else [events.c.occur_us.asc(), events.c.id.asc()]
         )
         async with self.db.unit_of_work() as uow:
-            rows = await uow.session.execute(sa.select(events).where(*conds).order_by(*order).limit(limit))
+            rows = await uow.session.execute(sa.select(*_COLUMNS).where(*conds).order_by(*order).limit(limit))
             return [_event(r) for r in rows]
 
     async def stream(self, f: EventFilter, page: int = 500) -> AsyncIterator[list[Event]]:
@@ -236,7 +240,7 @@ class AuditStore:
 
     async def get(self, event_id: str) -> Event | None:
         async with self.db.unit_of_work() as uow:
-            row = (await uow.session.execute(sa.select(events).where(events.c.id == event_id))).first()
+            row = (await uow.session.execute(sa.select(*_COLUMNS).where(events.c.id == event_id))).first()
             return _event(row) if row else None
 
     async def chain_state(self, org: str) -> ChainState | None:
@@ -257,7 +261,7 @@ class AuditStore:
             async with self.db.unit_of_work() as uow:
                 rows = (
                     await uow.session.execute(
-                        sa.select(events)
+                        sa.select(*_COLUMNS)
                         .where(
                             events.c.organization_id == org,
                             events.c.sequence >= position,
@@ -277,7 +281,7 @@ class AuditStore:
         async with self.db.unit_of_work() as uow:
             row = (
                 await uow.session.execute(
-                    sa.select(events).where(events.c.organization_id == org, events.c.sequence == sequence)
+                    sa.select(*_COLUMNS).where(events.c.organization_id == org, events.c.sequence == sequence)
                 )
             ).first()
             return _event(row) if row else None

@@ -145,11 +145,8 @@ def event_to_pb(e: Event) -> epb.AuditEvent:
         hash=e.hash,
         ingest_time=from_us(e.ingest_us),
     )
-    details = json.loads(e.details)
-    if details:
-        struct = struct_pb2.Struct()
-        struct.update(details)
-        message.details.CopyFrom(struct)
+    if e.details != "{}":
+        message.details.update(json.loads(e.details))
     return message
 
 
