@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from gatehouse_audit.adapters.config import CHAIN_KEY, PREVIOUS_KEYS, AuditConfig
+from gatehouse_audit.adapters.store import EVENT_FIELDS
 from gatehouse_audit.adapters.tables import chains, events
 from gatehouse_audit.domain.model import EventFilter
 from gatehouse_audit.domain.retention import DAY_US
@@ -122,6 +123,22 @@ async def test_edited_hash_too_is_still_detected(env):
     )
     verdict = await audit.verify("org-t")
     assert (verdict.failure, verdict.failed_event_id) == ("EDITED", ids[2])
+
+
+async def test_an_event_appended_by_hand_is_detected(env):
+    audit, db, _ = env
+    ids = await seeded(audit)
+    forged = domain_events([event("org-t")])[0]
+    forged.sequence, forged.prev_hash, forged.hash, forged.key_id = 9, b"", secrets.token_bytes(32), "k"
+    async with db.unit_of_work() as uow:
+        last_hash = (
+            await uow.session.execute(sa.select(events.c.hash).where(events.c.id == ids[-1]))
+        ).scalar()
+        forged.prev_hash, forged.key_id = last_hash, audit.key.key_id
+        await uow.session.execute(events.insert().values(**{n: getattr(forged, n) for n in EVENT_FIELDS}))
+        await uow.commit()
+    verdict = await audit.verify("org-t")  # the head row still says 8
+    assert (verdict.failure, verdict.failed_sequence, verdict.failed_event_id) == ("EDITED", 9, forged.id)
 
 
 async def test_deleted_event_is_a_gap(env):

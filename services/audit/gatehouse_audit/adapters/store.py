@@ -277,6 +277,13 @@ class AuditStore:
                 return
             position = rows[-1].sequence + 1
 
+    async def max_sequence(self, org: str) -> int:
+        async with self.db.unit_of_work() as uow:
+            found = await uow.session.execute(
+                sa.select(sa.func.max(events.c.sequence)).where(events.c.organization_id == org)
+            )
+            return found.scalar() or 0
+
     async def event_at(self, org: str, sequence: int) -> Event | None:
         async with self.db.unit_of_work() as uow:
             row = (

@@ -138,7 +138,8 @@ class Audit:
                 f"events up to {state.anchor_sequence} are gone and the anchor was not written by a purge",
             )
         first = from_sequence or start
-        last = to_sequence or state.head_sequence
+        # Without an end, walk every stored row: a row past the head can only have been put there by hand.
+        last = to_sequence or max(state.head_sequence, await self.store.max_sequence(org))
         if checkpoint is not None:
             last = max(last, checkpoint.sequence)
         if first == start:
