@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -10,7 +12,9 @@ import time
 
 import grpc
 import jwt
+import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gatehouse.identity.v1 import identity_service_pb2 as pb
 from gatehouse.kit.keys import issue_token
@@ -37,11 +41,13 @@ async def test_private_keys_are_encrypted_with_the_development_kek(identity):
     assert (key.kty, key.crv, key.alg, key.use) == ("EC", "P-256", "ES256", "sig") and key.x and key.y
 
 
-async def test_configured_kek_is_used(tmp_path):
-    kek = "k" * 40
-    async with running_identity(tmp_path, kek=kek) as identity:
+async def test_configured_kek_is_used_and_a_wrong_one_stops_start_up(tmp_path):
+    async with running_identity(tmp_path, kek="k" * 40) as identity:
         assert not (identity.data_dir / KEK_FILE).exists()
         assert await identity.user_token()
+    with pytest.raises(RuntimeError, match="cannot be decrypted"):
+        async with running_identity(tmp_path, kek="x" * 40):
+            pass
 
 
 async def test_rotation_publishes_first_signs_later_and_old_tokens_stay_valid(tmp_path):
@@ -129,7 +135,11 @@ async def test_bad_tokens_are_refused_by_identity_and_a_second_service(identity_
     claims["sub"] = "someone-else"
     tampered = f"{header}.{b64(json.dumps(claims).encode())}.{signature}"
     none_alg = f"{b64(json.dumps({'alg': 'none', 'kid': key.kid}).encode())}.{payload}."
+    public_pem = key.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    hs_header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
+    hs_signature = b64(hmac.new(public_pem, f"{hs_header}.{payload}".encode(), hashlib.sha256).digest())
     bad = {
+        "HS256 with the public key as secret": f"{hs_header}.{payload}.{hs_signature}",
         "tampered": tampered,
         "expired": mint(now=time.time() - 3600, ttl_seconds=60),
         "wrong audience": mint(audience="someone-else"),

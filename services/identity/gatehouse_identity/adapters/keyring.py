@@ -144,15 +144,22 @@ class Keyring:
                 await self.insert_key(uow.session)
                 await uow.commit()
                 return await self.load()
-        self._keys = [
-            (
-                jwtkeys.private_key_from_pem(r.kid, r.private_pem_encrypted, self._kek),
-                json.loads(r.public_jwk),
-                r.created_at,
-                r.retire_at,
-            )
-            for r in rows
-        ]
+        try:
+            keys = [
+                (
+                    jwtkeys.private_key_from_pem(r.kid, r.private_pem_encrypted, self._kek),
+                    json.loads(r.public_jwk),
+                    r.created_at,
+                    r.retire_at,
+                )
+                for r in rows
+            ]
+        except (ValueError, TypeError) as exc:
+            raise RuntimeError(
+                "the signing keys cannot be decrypted with this key-encryption key "
+                "(GATEHOUSE_IDENTITY_KEK or $DATA_DIR/keys/identity.kek changed?)"
+            ) from exc
+        self._keys = keys
         self._loaded_at = time.monotonic()
 
     async def _fresh(self) -> None:
