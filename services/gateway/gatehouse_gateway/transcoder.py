@@ -304,6 +304,12 @@ class Route:
 
     def build_request(self, path_vars: Mapping[str, str], query: Mapping[str, list[str]], raw_body: bytes):
         """The request message for this route; :class:`HttpError` (400) on bad input."""
+        try:
+            return self._build(path_vars, query, raw_body)
+        except RecursionError:  # a recursive message type nested absurdly deep by the client
+            raise bad_request("the request body is nested too deeply") from None
+
+    def _build(self, path_vars: Mapping[str, str], query: Mapping[str, list[str]], raw_body: bytes):
         desc = self.method.input_type
         data: dict = {}
         body_value = None
@@ -324,8 +330,8 @@ class Route:
         try:
             json_format.ParseDict(data, message, ignore_unknown_fields=False, descriptor_pool=self.pool)
         except json_format.ParseError as exc:
-            raise bad_request(_clean_parse_error(str(exc))) from None
-        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
+            raise _parse_error(exc) from None
+        except (TypeError, ValueError, AttributeError) as exc:
             raise bad_request(f"the request does not match {desc.name}: {exc}") from None
         if self.mask_field is not None and not message.HasField(self.mask_field.name):
             self._derive_mask(message, body_value)
@@ -400,8 +406,24 @@ def _decode_body(raw: bytes):
         raise bad_request("the request body is nested too deeply") from None
 
 
-def _clean_parse_error(text: str) -> str:
-    return " ".join(text.split())
+_PARSE_PREFIX = re.compile(r"Failed to parse (\w+) field: ")
+MAX_SHOWN_DEPTH = 8
+
+
+def _parse_error(exc: json_format.ParseError) -> HttpError:
+    """protobuf's nested "Failed to parse a field: Failed to parse b field: …" as ``field a.b: …``."""
+    text = " ".join(str(exc).split())
+    path = []
+    while m := _PARSE_PREFIX.match(text):
+        path.append(m.group(1))
+        text = text[m.end() :]
+    text = text.rstrip(".") + "."
+    if not path:
+        return bad_request(text)
+    field = ".".join(path)
+    if len(path) > MAX_SHOWN_DEPTH:
+        field = ".".join(path[:3]) + f".… ({len(path)} levels)"
+    return bad_request(f"field {field}: {text}", field=field)
 
 
 def _rule_bindings(rule: http_pb2.HttpRule):

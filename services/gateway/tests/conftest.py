@@ -77,6 +77,13 @@ def probe_file() -> descriptor_pb2.FileDescriptorProto:
             _field("color", 4, FD.TYPE_ENUM, ".gatehouse.test.v1.Color"),
         ]
     )
+    node = f.message_type.add(name="Node")  # a recursive type
+    node.field.extend(
+        [
+            _field("child", 1, FD.TYPE_MESSAGE, ".gatehouse.test.v1.Node"),
+            _field("color", 2, FD.TYPE_ENUM, ".gatehouse.test.v1.Color"),
+        ]
+    )
     echo = f.message_type.add(name="EchoRequest")
     echo.field.extend(
         [
@@ -87,6 +94,7 @@ def probe_file() -> descriptor_pb2.FileDescriptorProto:
             _field("tags", 5, FD.TYPE_STRING, repeated=True),
             _field("kind", 6, FD.TYPE_STRING),
             _field("big", 7, FD.TYPE_INT64),
+            _field("node", 8, FD.TYPE_MESSAGE, ".gatehouse.test.v1.Node"),
         ]
     )
     fail = f.message_type.add(name="FailRequest")

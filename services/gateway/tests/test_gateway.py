@@ -254,10 +254,10 @@ async def test_backend_down_is_503_without_internal_detail(env):
         (b'{"subject": ', "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"subject": {"type": "user"}, "colour": "red"}', 'no field named "colour"'),
-        (b'{"subject": {"type": 5}}', "Failed to parse type field"),
+        (b'{"subject": {"type": 5}}', "field subject.type: expected string"),
         (b'{"subject": "user:bob"}', "subject"),
         (b"\xff\xfe{}", "JSON"),
-        (b'{"consistency": {"atLeastRevision": "many"}}', "atLeastRevision"),
+        (b'{"consistency": {"atLeastRevision": "many"}}', "field consistency.atLeastRevision"),
         (b"[" * 5000 + b"]" * 5000, "request body"),
     ],
 )
@@ -270,6 +270,19 @@ async def test_bad_input_is_400_with_a_clear_message_never_500(env, payload, fra
     )
     assert status == 400, body
     assert body["code"] == 3 and fragment in body["message"], body["message"]
+    if fragment.startswith("field "):  # the field also comes as a BadRequest violation
+        assert _violations(body) == [fragment.split()[1].rstrip(":")]
+
+
+async def test_recursive_messages_nested_too_deep_are_400(env):
+    def nested(depth):
+        return {"color": "blue"} if depth == 0 else {"child": nested(depth - 1)}
+
+    status, body, _ = await env.call("POST", "/api/v1/probe/k:echo", json={"node": nested(3)})
+    assert status == 200 and body["node"]["child"]["child"]["child"]["color"] == "COLOR_BLUE"
+    deep = json.dumps({"node": nested(350)}, separators=(",", ":"))  # within the body limit
+    status, body, _ = await env.call("POST", "/api/v1/probe/k:echo", data=deep)
+    assert status == 400 and body["code"] == 3 and "deep" in body["message"], body
 
 
 async def test_bad_query_parameters_are_400(env):
