@@ -23,15 +23,19 @@ import grpc
 NOOP_METHOD = "/bench.v1.Noop/Call"
 
 
-async def serve_noop() -> None:
+def add_noop(server: grpc.aio.Server) -> None:
     async def call(_request: bytes, _context) -> bytes:
         return b""
 
-    server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(call)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("bench.v1.Noop", {"Call": handler}),)
     )
+
+
+async def serve_noop() -> None:
+    server = grpc.aio.server()
+    add_noop(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(json.dumps({"port": port, "load_seconds": 0.0}), flush=True)
@@ -59,6 +63,13 @@ async def serve_authz() -> None:
         spec = build(settings, runtime)
         spec.verifier = CachedVerifier(verifier)  # as in production, over the benchmark's key
         spec.depends_on = ()  # identity is not running in the benchmark
+        register = spec.register
+
+        def register_with_noop(server):
+            register(server)
+            add_noop(server)  # the no-op method behind the same kit interceptors (cost breakdown)
+
+        spec.register = register_with_noop
         found["follower"] = next(h.__self__ for h in spec.on_start if getattr(h, "__name__", "") == "load")
         return spec
 

@@ -205,9 +205,10 @@ async def drive(server: Server, method: str, payloads: list[bytes], md, *, concu
                 latencies.append(time.perf_counter() - t0)
                 i += concurrency
 
-        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        cpu0, t0, mine0 = server.cpu_seconds(), time.monotonic(), time.process_time()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed, cpu = time.monotonic() - t0, server.cpu_seconds() - cpu0
+        client_cpu = time.process_time() - mine0
     latencies.sort()
     n = len(latencies)
     return {
@@ -215,6 +216,7 @@ async def drive(server: Server, method: str, payloads: list[bytes], md, *, concu
         "p50_ms": latencies[n // 2] * 1e3,
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3,
         "cpu_us": cpu / n * 1e6,
+        "client_cpu_us": client_cpu / n * 1e6,
         "calls": n,
     }
 
@@ -277,7 +279,7 @@ async def visibility(a: Server, b: Server, md, probes: int) -> list[float]:
 def fmt(r: dict) -> str:
     return (
         f"{r['rps']:8.0f}/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
-        f"server CPU {r['cpu_us']:6.0f} µs/call  ({r['calls']} calls)"
+        f"server CPU {r['cpu_us']:5.0f} µs/call, client {r['client_cpu_us']:4.0f}  ({r['calls']} calls)"
     )
 
 
@@ -335,6 +337,10 @@ async def main(args) -> dict:
             a, CHECK, payloads, md, concurrency=args.concurrency, duration=args.duration
         )
         print(f"CheckCapability (small)       {fmt(results['check_small'])}")
+        results["kit_noop"] = await drive(
+            a, NOOP_METHOD, payloads, md, concurrency=args.concurrency, duration=args.duration
+        )
+        print(f"no-op behind the kit chain    {fmt(results['kit_noop'])}")
         batches = []
         for _ in range(50):
             items = check_payloads(small, args.batch, rng)
@@ -394,6 +400,12 @@ async def main(args) -> dict:
             drop_database(name)
 
     r = results
+    print("\nserver CPU per call: where it goes")
+    print(f"  grpc.aio unary RPC (no-op server)      {r['noop']['cpu_us']:5.0f} µs")
+    print(f"  + kit interceptors and token check     {r['kit_noop']['cpu_us'] - r['noop']['cpu_us']:5.0f} µs")
+    print(
+        f"  + CheckCapability itself               {r['check_small']['cpu_us'] - r['kit_noop']['cpu_us']:5.0f} µs"
+    )
     print("\nratios against the targets")
     print(
         f"  single check / no-op throughput        {r['check_small']['rps'] / r['noop']['rps']:.2f}x   (target >= 0.8x)"

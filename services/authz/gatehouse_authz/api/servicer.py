@@ -43,8 +43,13 @@ def _subject(msg, field: str, errs: ErrorCollector) -> m.Ref:
     return ref
 
 
+REASONS = {
+    name.removeprefix("DECISION_REASON_"): number for name, number in decision_pb2.DecisionReason.items()
+}
+
+
 def _reason(name: str) -> int:
-    return decision_pb2.DecisionReason.Value(f"DECISION_REASON_{name}")
+    return REASONS[name]
 
 
 class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
@@ -103,11 +108,14 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             ) from None
 
     def _check(self, item: pb.CheckCapabilityRequest, field: str = "") -> pb.CheckCapabilityResponse:
-        errs = ErrorCollector()
-        subject = _subject(item.subject, f"{field}subject", errs)
-        resource = _ref(item.resource, f"{field}resource", errs)
-        errs.require(bool(item.capability), f"{field}capability", "is required")
-        errs.raise_if_any()
+        s, r = item.subject, item.resource
+        subject, resource = (s.type, s.id), (r.type, r.id)
+        if not (s.id and r.type and r.id and item.capability and s.type in m.SUBJECT_TYPES):
+            errs = ErrorCollector()  # the slow path only names the bad fields
+            _subject(s, f"{field}subject", errs)
+            _ref(r, f"{field}resource", errs)
+            errs.require(bool(item.capability), f"{field}capability", "is required")
+            errs.raise_if_any()
         self._authorize_subject(subject)
         amr = tuple(item.authentication_context.amr)
         decision = self._evaluate(self.index.check, subject, resource, item.capability, amr, field=field)
