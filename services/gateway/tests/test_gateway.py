@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from google.api import annotations_pb2
 from openapi_spec_validator import validate
 
 from gatehouse.kit.config import ConfigError
@@ -423,6 +425,18 @@ def test_openapi_of_the_full_contract_validates():
     doc = build_openapi(table)
     validate(doc)
     paths = doc["paths"]
+    # every rule and additional binding of the descriptor set, read independently of the gateway
+    annotated = set()
+    for f in load_descriptor_set().file:
+        for svc in f.service:
+            for m in svc.method:
+                if m.options.HasExtension(annotations_pb2.http):
+                    rule = m.options.Extensions[annotations_pb2.http]
+                    for r in [rule, *rule.additional_bindings]:
+                        kind = r.WhichOneof("pattern")
+                        annotated.add((kind, re.sub(r"\{([^}=]+)(=[^}]*)?\}", r"{\1}", getattr(r, kind))))
+    listed = {(method, path) for path, item in paths.items() for method in item}
+    assert listed == annotated and len(annotated) >= 70
     for path, method in [
         ("/api/v1/auth/login", "post"),
         ("/api/v1/auth/refresh", "post"),
