@@ -303,3 +303,15 @@ async def test_purge_removes_expired_deleted_objects_and_their_relationships(
         assert await env.can(owner, f"organization:{live_org.id}", "org:delete")
     finally:
         await server.stop(0)
+
+
+async def test_request_ids_are_remembered_once(db):
+    tx = Transactions(db)
+    async with tx() as t:
+        await t.repo.remember_request("CreateGroup|user:u|r1", "g1")
+        await t.commit()
+    async with tx() as t:
+        assert await t.repo.request_result("CreateGroup|user:u|r1") == "g1"
+        assert await t.repo.request_result("CreateGroup|user:v|r1") is None
+        with pytest.raises(errors.Aborted):
+            await t.repo.remember_request("CreateGroup|user:u|r1", "g2")

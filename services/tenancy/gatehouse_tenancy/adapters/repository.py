@@ -116,9 +116,13 @@ class Repository:
         return row.result_id if row else None
 
     async def remember_request(self, key: str, result_id: str) -> None:
-        await self.s.execute(
-            t.requests.insert().values(key=key, result_id=result_id, create_time=time.time())
-        )
+        try:
+            await self.s.execute(
+                t.requests.insert().values(key=key, result_id=result_id, create_time=time.time())
+            )
+        except IntegrityError:
+            # the same request_id is being served right now by a concurrent call
+            raise errors.Aborted("a request with this request_id is in progress; retry") from None
 
     # ---- organizations ----------------------------------------------------
     async def lock_organization(self, org_id: str) -> bool:
