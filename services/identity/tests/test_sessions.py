@@ -232,3 +232,26 @@ async def test_disabled_user_is_refused_everywhere(identity_authz):
 
     await eventually(allowed_again)
     assert await identity.login("pia@example.com")
+
+
+async def test_change_password_guesses_share_the_login_lockout(identity):
+    await identity.create_user("guess@example.com")
+    token = await identity.login("guess@example.com")
+    for _ in range(5):
+        await fails(
+            identity.stub.ChangePassword(
+                pb.ChangePasswordRequest(current_password="guess-number-123", new_password=NEW_PASSWORD),
+                metadata=md(token),
+            ),
+            UNAUTH,
+            "INVALID_CREDENTIALS",
+        )
+    await fails(
+        identity.stub.ChangePassword(
+            pb.ChangePasswordRequest(current_password="Tall-Lantern-Quietly-42", new_password=NEW_PASSWORD),
+            metadata=md(token),
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "LOGIN_LOCKED",
+    )
+    await fails(identity.login("guess@example.com"), grpc.StatusCode.RESOURCE_EXHAUSTED, "LOGIN_LOCKED")

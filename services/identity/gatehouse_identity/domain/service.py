@@ -349,7 +349,7 @@ class IdentityService:
         return await tx.use_recovery_code(user.id, self.box.mac(normalized), time.time())
 
     async def _login_failed(
-        self, email: str, user: m.User | None, why: str, reason: str
+        self, email: str, user: m.User | None, why: str, reason: str, action: str = "identity.login.failed"
     ) -> errors.GatehouseError:
         """Count the failure (maybe locking the email), audit it, and build the error to raise."""
         now = time.time()
@@ -364,7 +364,7 @@ class IdentityService:
                 duration=self.config.lockout_duration,
             )
             await tx.audit(
-                "identity.login.failed",
+                action,
                 outcome="DENIED",
                 reason=why,
                 target=actor_target,
@@ -623,6 +623,27 @@ class IdentityService:
             await tx.commit()
         return codes
 
+    async def _reverify_password(self, user: m.User, password: str, operation: str, message: str) -> None:
+        """Re-authentication inside a session shares the login throttle and lock, so a stolen
+        access token cannot be used to guess the password."""
+        async with self.store.transaction() as tx:
+            locked_until = await tx.locked_until(self.box.mac(user.email), time.time())
+        if locked_until is not None:
+            raise errors.ResourceExhausted(
+                "too many failed attempts; try again later",
+                retry_after=locked_until - time.time(),
+                reason="LOGIN_LOCKED",
+            )
+        if len(password) > MAX_LENGTH or not await self._verify(user.password_hash, password):
+            await self._login_failed(
+                user.email,
+                user,
+                f"wrong password ({operation})",
+                "INVALID_CREDENTIALS",
+                action="identity.password.verification_failed",
+            )
+            raise errors.Unauthenticated(message, reason="INVALID_CREDENTIALS")
+
     async def disable_totp(self, principal: Principal, password: str, code: str) -> None:
         _require_user(principal)
         async with self.store.transaction() as tx:
@@ -631,8 +652,7 @@ class IdentityService:
                 raise _not_found_user(principal.id)
             if not user.mfa_enabled:
                 raise errors.FailedPrecondition("TOTP is not enrolled", reason="TOTP_STATE")
-        if not await self._verify(user.password_hash, password):
-            raise errors.Unauthenticated(INVALID_LOGIN, reason="INVALID_CREDENTIALS")
+        await self._reverify_password(user, password, "DisableTotp", "the password is wrong")
         async with self.store.transaction() as tx:
             if not await self._second_factor(tx, user, code):
                 raise errors.Unauthenticated("invalid second factor", reason="INVALID_SECOND_FACTOR")
@@ -650,8 +670,7 @@ class IdentityService:
         errs = ErrorCollector()
         check_policy(new, user.email, errs, field="new_password")
         errs.raise_if_any()
-        if not await self._verify(user.password_hash, current):
-            raise errors.Unauthenticated("the current password is wrong", reason="INVALID_CREDENTIALS")
+        await self._reverify_password(user, current, "ChangePassword", "the current password is wrong")
         new_hash = await self._hash(new)
         async with self.store.transaction() as tx:
             await tx.update_user(user.id, password_hash=new_hash)
