@@ -161,6 +161,7 @@ async def test_follow_changes_invalidates_without_a_revision(authz):
             await client.check("user:bob", "dataset:d", "delete")
     finally:
         follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
 
 
 async def test_fails_closed_when_authz_is_down(authz):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -26,6 +27,15 @@ from gatehouse.client.channels import TokenSource, open_channel
 from gatehouse.client.credentials import ServiceAccountCredentials, SessionCredentials
 from gatehouse.client.retry import RetryInterceptor, RetryPolicy
 from gatehouse.kit.config import DEFAULT_ADDRESSES, SERVICES
+
+if TYPE_CHECKING:
+    from gatehouse.audit.v1.audit_service_pb2_grpc import AuditServiceStub
+    from gatehouse.authz.v1.authz_service_pb2_grpc import AuthzServiceStub
+    from gatehouse.identity.v1.identity_service_pb2_grpc import IdentityServiceStub
+    from gatehouse.tenancy.v1.group_service_pb2_grpc import GroupServiceStub
+    from gatehouse.tenancy.v1.organization_service_pb2_grpc import OrganizationServiceStub
+    from gatehouse.tenancy.v1.setup_service_pb2_grpc import SetupServiceStub
+    from gatehouse.tenancy.v1.workspace_service_pb2_grpc import WorkspaceServiceStub
 
 
 class GatehouseClient:
@@ -66,24 +76,7 @@ class GatehouseClient:
         return cls(addresses, **kwargs)
 
     # ---- channels -------------------------------------------------------------
-    def channel(self, service: str) -> grpc.aio.Channel:
-        """The channel to ``service`` (one per address, created on first use)."""
-        address = self.addresses[service]
-        if address not in self._channels:
-            self._channels[address], self._retriers[address] = open_channel(
-                address,
-                token_source=lambda: self.credentials,
-                retry=self._retry,
-                timeout=self._timeout,
-                telemetry=self._telemetry,
-                options=self._options,
-            )
-        return self._channels[address]
-
-    def backend_channel(self, address: str) -> grpc.aio.Channel:
-        """A channel to another backend (e.g. one guarded with :class:`~gatehouse.client.Guard`) that
-        carries this client's token, deadline, retries and trace context, like the Gatehouse channels."""
-        key = f"backend:{address}"
+    def _open(self, key: str, address: str) -> grpc.aio.Channel:
         if key not in self._channels:
             self._channels[key], self._retriers[key] = open_channel(
                 address,
@@ -95,53 +88,61 @@ class GatehouseClient:
             )
         return self._channels[key]
 
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The channel to ``service`` (one per address, created on first use)."""
+        address = self.addresses[service]
+        return self._open(address, address)
+
+    def backend_channel(self, address: str) -> grpc.aio.Channel:
+        """A channel to another backend (e.g. one guarded with :class:`~gatehouse.client.Guard`) that
+        carries this client's token, deadline, retries and trace context, like the Gatehouse channels."""
+        return self._open(f"backend:{address}", address)
+
     @property
     def retries(self) -> int:
         """Retries made so far (all channels)."""
         return sum(r.retries for r in self._retriers.values())
 
     # ---- typed stubs ----------------------------------------------------------
-    @property
-    def identity(self):
-        from gatehouse.identity.v1 import identity_service_pb2_grpc
+    def _stub(self, service: str, module: str, name: str):
+        import importlib
 
-        return identity_service_pb2_grpc.IdentityServiceStub(self.channel("identity"))
-
-    @property
-    def setup(self):
-        from gatehouse.tenancy.v1 import setup_service_pb2_grpc
-
-        return setup_service_pb2_grpc.SetupServiceStub(self.channel("tenancy"))
+        return getattr(importlib.import_module(f"gatehouse.{module}_pb2_grpc"), name)(self.channel(service))
 
     @property
-    def organizations(self):
-        from gatehouse.tenancy.v1 import organization_service_pb2_grpc
-
-        return organization_service_pb2_grpc.OrganizationServiceStub(self.channel("tenancy"))
-
-    @property
-    def workspaces(self):
-        from gatehouse.tenancy.v1 import workspace_service_pb2_grpc
-
-        return workspace_service_pb2_grpc.WorkspaceServiceStub(self.channel("tenancy"))
+    def identity(self) -> IdentityServiceStub:
+        """``gatehouse.identity.v1.IdentityService``."""
+        return self._stub("identity", "identity.v1.identity_service", "IdentityServiceStub")
 
     @property
-    def groups(self):
-        from gatehouse.tenancy.v1 import group_service_pb2_grpc
-
-        return group_service_pb2_grpc.GroupServiceStub(self.channel("tenancy"))
-
-    @property
-    def authz_stub(self):
-        from gatehouse.authz.v1 import authz_service_pb2_grpc
-
-        return authz_service_pb2_grpc.AuthzServiceStub(self.channel("authz"))
+    def setup(self) -> SetupServiceStub:
+        """``gatehouse.tenancy.v1.SetupService``."""
+        return self._stub("tenancy", "tenancy.v1.setup_service", "SetupServiceStub")
 
     @property
-    def audit(self):
-        from gatehouse.audit.v1 import audit_service_pb2_grpc
+    def organizations(self) -> OrganizationServiceStub:
+        """``gatehouse.tenancy.v1.OrganizationService``."""
+        return self._stub("tenancy", "tenancy.v1.organization_service", "OrganizationServiceStub")
 
-        return audit_service_pb2_grpc.AuditServiceStub(self.channel("audit"))
+    @property
+    def workspaces(self) -> WorkspaceServiceStub:
+        """``gatehouse.tenancy.v1.WorkspaceService``."""
+        return self._stub("tenancy", "tenancy.v1.workspace_service", "WorkspaceServiceStub")
+
+    @property
+    def groups(self) -> GroupServiceStub:
+        """``gatehouse.tenancy.v1.GroupService``."""
+        return self._stub("tenancy", "tenancy.v1.group_service", "GroupServiceStub")
+
+    @property
+    def authz_stub(self) -> AuthzServiceStub:
+        """``gatehouse.authz.v1.AuthzService`` (raw; see :attr:`authz` for the caching client)."""
+        return self._stub("authz", "authz.v1.authz_service", "AuthzServiceStub")
+
+    @property
+    def audit(self) -> AuditServiceStub:
+        """``gatehouse.audit.v1.AuditService``."""
+        return self._stub("audit", "audit.v1.audit_service", "AuditServiceStub")
 
     @property
     def authz(self) -> AuthzClient:
