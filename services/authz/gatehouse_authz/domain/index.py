@@ -14,6 +14,7 @@ from gatehouse_authz.domain import model as m
 from gatehouse_authz.domain.catalog import PLATFORM, PLATFORM_ADMIN, Catalog
 
 PLATFORM_REF: m.Ref = (PLATFORM, PLATFORM)
+ORDER = {reason: i for i, reason in enumerate(m.REASON_ORDER)}
 
 
 class UnknownType(ValueError):
@@ -250,19 +251,23 @@ class Index:
                 found.setdefault(role, m.GROUP_ROLE)
         return found
 
-    def roles_on(self, subject: m.Ref, res: m.Ref, _depth: int = 0) -> dict[str, str]:
+    def roles_on(
+        self, subject: m.Ref, res: m.Ref, _depth: int = 0, admin: bool | None = None
+    ) -> dict[str, str]:
         """Every role the subject holds on ``res`` with how it holds it (best reason per role)."""
+        if admin is None:
+            admin = self.is_platform_admin(subject)
         found = self._direct_and_group_roles(subject, res)
         parent = self.parent.get(res)
-        rtype = self.catalog.type(res[0])
+        rtype = self.catalog.types.get(res[0])
         if parent is not None and rtype is not None and _depth < 16:
-            for prole, preason in self.roles_on(subject, parent, _depth + 1).items():
+            for prole, preason in self.roles_on(subject, parent, _depth + 1, admin).items():
                 implied = rtype.implied.get(prole)
                 if implied:
                     reason = m.PLATFORM_ROLE if preason == m.PLATFORM_ROLE else m.INHERITED_ROLE
                     if found.get(implied) in (None, m.PLATFORM_ROLE):
                         found[implied] = reason
-        if rtype is not None and res != PLATFORM_REF and self.is_platform_admin(subject):
+        if admin and rtype is not None and res != PLATFORM_REF:
             found.setdefault(rtype.top_role, m.PLATFORM_ROLE)
         return found
 
@@ -286,44 +291,48 @@ class Index:
             return {capability: out[capability]} if capability in out else {}
         return out
 
-    def _precheck(self, subject: m.Ref, res: m.Ref, amr: Iterable[str]) -> str | None:
+    def _precheck(self, subject: m.Ref, res: m.Ref, amr: Iterable[str], chain=None) -> str | None:
         if self.disabled and f"{subject[0]}:{subject[1]}" in self.disabled:
             return m.SUBJECT_DISABLED
-        if f"{res[0]}:{res[1]}" in self.deleted or any(
-            f"{a[0]}:{a[1]}" in self.deleted for a in self.ancestors(res)
-        ):
+        if chain is None:
+            chain = self.ancestors(res)
+        if self.deleted and any(f"{r[0]}:{r[1]}" in self.deleted for r in (res, *chain)):
             return m.RESOURCE_DELETED
-        org = self.organization_of(res)
-        if org is None or subject[0] != "user":
+        if subject[0] != "user":
             return None
+        if res[0] == "organization":
+            org = res[1]
+        else:
+            org = next((a[1] for a in chain if a[0] == "organization"), None)
+            if org is None:
+                return None
         status = self.membership.get((org, subject[1]))
         if status is not None and status != m.ACTIVE and not self.is_platform_admin(subject):
             return m.MEMBERSHIP_INACTIVE
-        if org in self.require_mfa and "otp" not in set(amr):
+        if self.require_mfa and org in self.require_mfa and "otp" not in amr:
             return m.MFA_REQUIRED
         return None
 
     def check(self, subject: m.Ref, res: m.Ref, capability: str, amr: Iterable[str] = ()) -> m.Decision:
-        self.validate(res[0], capability)
+        rtype = self.catalog.types.get(res[0])
+        if rtype is None:
+            raise UnknownType(res[0])
+        if capability not in rtype.capabilities:
+            raise UnknownCapability(capability)
         denied = self._precheck(subject, res, amr)
         if denied:
-            return m.Decision(False, denied, (f"denied: {denied}",))
-        rtype = self.catalog.types[res[0]]
-        holding = [
-            (reason, role)
-            for role, reason in self.roles_on(subject, res).items()
-            if capability in rtype.role_caps[role]
-        ]
-        if holding:
-            reason, role = min(holding, key=lambda rr: m.REASON_ORDER.index(rr[0]))
-            return m.Decision(
-                True, reason, (f"{res[0]}:{res[1]}#{role}@{subject[0]}:{subject[1]} via {reason}",)
-            )
+            return m.Decision(False, denied)
+        best = None
+        role_caps = rtype.role_caps
+        for role, reason in self.roles_on(subject, res).items():
+            if capability in role_caps[role] and (best is None or ORDER[reason] < ORDER[best]):
+                best = reason
+        if best is not None:
+            return m.Decision(True, best)
         granted = self._grant_reason(subject, res, capability)
         if granted:
-            reason = granted[capability]
-            return m.Decision(True, reason, (f"{res[0]}:{res[1]}#grant:{capability} via {reason}",))
-        return m.Decision(False, m.NO_RELATIONSHIP, ("no role or grant gives the capability",))
+            return m.Decision(True, granted[capability])
+        return m.Decision(False, m.NO_RELATIONSHIP)
 
     def access(self, subject: m.Ref, res: m.Ref, amr: Iterable[str] = ()) -> m.Access:
         self.validate(res[0])
