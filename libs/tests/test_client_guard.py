@@ -40,6 +40,11 @@ class Probe:
         self.ran.append("admin")
         return b"ok"
 
+    @requires("chat", resource=IN_WORKSPACE)
+    async def both(self, request, context):
+        self.ran.append("both")
+        return b"both"
+
     async def forgotten(self, request, context):
         self.ran.append("forgotten")
         return b"leak"
@@ -72,9 +77,14 @@ async def setup(tmp_path, database_url):
     servers = {}
 
     async def serve(with_interceptor: bool) -> str:
-        rules = {f"/{SERVICE}/by_name": guard.rule("chat", resource=IN_WORKSPACE)}
+        rules = {
+            f"/{SERVICE}/by_name": guard.rule("chat", resource=IN_WORKSPACE),
+            f"/{SERVICE}/both": guard.rule("manage:members", resource=IN_WORKSPACE),
+        }
         server = grpc.aio.server(interceptors=[guard.interceptor(rules)] if with_interceptor else [])
-        methods = {n: getattr(probe, n) for n in ("read", "admin", "forgotten", "by_name", "self_enforced")}
+        methods = {
+            n: getattr(probe, n) for n in ("read", "admin", "forgotten", "by_name", "self_enforced", "both")
+        }
         handlers = {n: grpc.unary_unary_rpc_method_handler(fn) for n, fn in methods.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -120,7 +130,10 @@ async def test_interceptor_enforces_declared_rules(setup):
     assert (await call(address, "read", b"", vic))[0] == grpc.StatusCode.INVALID_ARGUMENT
     bad_revision = [*vic, ("x-gatehouse-revision", "soon")]
     assert (await call(address, "read", b"w", bad_revision))[0] == grpc.StatusCode.INVALID_ARGUMENT
-    assert probe.ran == ["read", "admin", "by_name"]
+    # a method with a declared AND an explicit rule needs both
+    assert (await call(address, "both", b"w", vic))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert (await call(address, "both", b"w", ada))[1] == b"both"
+    assert probe.ran == ["read", "admin", "by_name", "both"]
 
 
 async def test_undeclared_methods_are_refused(setup):

@@ -326,9 +326,12 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         behaviour = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         )
-        rule = self._rules.get(method) or getattr(behaviour, RULE_ATTRIBUTE, None)
-        if rule is not None and rule.self_enforcing and method not in self._rules:
+        explicit, declared = self._rules.get(method), getattr(behaviour, RULE_ATTRIBUTE, None)
+        if explicit is None and declared is not None and declared.self_enforcing:
             return handler  # Guard.require: the decorated method enforces it
+        # Both an explicit and a `requires` rule: both must allow (the stricter wins).
+        checks = [r for r in (explicit, declared) if r is not None and not r.self_enforcing]
+        rule = declared if declared is not None and not declared.self_enforcing else explicit
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -367,7 +370,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request, context):
-                principal, token = await guard._authorize_or_abort(rule, request, context)
+                for check in checks:
+                    principal, token = await guard._authorize_or_abort(check, request, context)
                 with _acting_as(principal, token, rule):
                     result = inner(request, context)
                     return await result if inspect.isawaitable(result) else result
@@ -376,7 +380,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream
 
         async def streaming(request, context):
-            principal, token = await guard._authorize_or_abort(rule, request, context)
+            for check in checks:
+                principal, token = await guard._authorize_or_abort(check, request, context)
             with _acting_as(principal, token, rule):
                 async for item in inner_stream(request, context):
                     yield item
