@@ -127,13 +127,13 @@ async def test_deadline_covers_all_attempts(flapping):
         with pytest.raises(grpc.aio.AioRpcError):
             await client.authz_stub.CheckCapability(_check())
         elapsed = time.monotonic() - started
-        assert elapsed < 0.6, elapsed
+        assert elapsed < 1.5, elapsed  # without the deadline: ~1000 attempts, minutes
         assert 2 <= servicer.calls["CheckCapability"] < 20
         # a per-call deadline overrides the client's default
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError):
             await client.authz_stub.CheckCapability(_check(), timeout=0.15)
-        assert time.monotonic() - started < 0.35
+        assert time.monotonic() - started < 1.0
 
 
 def test_backoff_is_exponential_capped_and_jittered():
@@ -169,3 +169,9 @@ async def test_bearer_token_and_trace_context_reach_the_server(flapping):
     assert seen["traceparent"].split("-")[1] == trace_id
     names = [s.name for s in telemetry.span_exporter.get_finished_spans()]
     assert "/gatehouse.authz.v1.AuthzService/CheckCapability" in names
+
+
+def test_addresses_from_the_environment():
+    client = GatehouseClient.from_env({"GATEHOUSE_AUTHZ_ADDRESS": "10.0.0.5:7000"})
+    assert client.addresses["authz"] == "10.0.0.5:7000"
+    assert client.addresses["identity"] == "127.0.0.1:50051"
