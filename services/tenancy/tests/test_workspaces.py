@@ -311,6 +311,20 @@ async def test_delete_organization_stops_everything_under_it(env):
     )
     mine = await env.orgs.ListOrganizations(opb.ListOrganizationsRequest(), metadata=owner.md)
     assert org.id not in [o.id for o in mine.organizations]
+    shown = await env.orgs.GetOrganization(
+        opb.GetOrganizationRequest(organization_id=org.id, show_deleted=True), metadata=owner.md
+    )
+    assert shown.organization.state == r.STATE_DELETED and shown.organization.HasField("purge_time")
+    await fails(
+        env.orgs.GetOrganization(
+            opb.GetOrganizationRequest(organization_id=org.id, show_deleted=True), metadata=org_admin.md
+        ),
+        Code.NOT_FOUND,
+    )
+    every = await env.orgs.ListOrganizations(
+        opb.ListOrganizationsRequest(show_deleted=True, page_size=1000), metadata=admin.md
+    )
+    assert org.id in [o.id for o in every.organizations]
     await fails(
         env.orgs.UndeleteOrganization(
             opb.UndeleteOrganizationRequest(organization_id=org.id), metadata=org_admin.md
