@@ -29,7 +29,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         self.audit = audit
         self.access = access
 
-    async def _scope(self, request_filter, rpc: str):
+    async def _scope(self, request_filter):
         errs = ErrorCollector()
         wanted = filter_from_pb(request_filter, errs)
         errs.raise_if_any()
@@ -55,7 +55,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     # ---- reading --------------------------------------------------------------
     async def ListEvents(self, request, context):
         size = page_size(request.page_size, default=50, maximum=1000)
-        principal, scope = await self._scope(request.filter, "ListEvents")
+        principal, scope = await self._scope(request.filter)
         fingerprint = _fingerprint(request.filter)
         position = decode_token(request.page_token)
         after = None
@@ -84,7 +84,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         return pb.GetEventResponse(event=event_to_pb(event))
 
     async def ExportEvents(self, request, context):
-        principal, scope = await self._scope(request.filter, "ExportEvents")
+        principal, scope = await self._scope(request.filter)
         if scope.cross_organization:
             await self._audit_read(principal, "ExportEvents", describe(scope.filter))
         async for page in self.audit.store.stream(scope.filter, EXPORT_PAGE):
