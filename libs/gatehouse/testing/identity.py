@@ -202,7 +202,8 @@ async def running_identity(
     data_dir = pathlib.Path(tmp_path) / "identity"
     config = config or IdentityConfig.for_tests(**config_overrides)
     authz_address, audit_address = _addr(free_port()), _addr(free_port())
-    extra = {"authz_address": authz_address, "audit_address": audit_address}
+    # A generous authz deadline: shared CI machines are slow; fail-closed tests use a closed port.
+    extra = {"authz_address": authz_address, "audit_address": audit_address, "authz_timeout": "5"}
     if database_url:
         extra["database_url"] = database_url
     settings = settings_for(data_dir, service="identity", **extra)
