@@ -35,6 +35,17 @@ class Notes:
     def __init__(self, db: Database, authz: AuthzClient):
         self.db = db
         self.authz = authz
+        self._organizations: dict[str, str] = {}  # workspace id -> organization id (never changes)
+
+    async def _organization_of(self, workspace_id: str) -> str:
+        """The workspace's organization (from authz), so audit events land in that organization's trail."""
+        org = self._organizations.get(workspace_id)
+        if org is None:
+            org = await self.authz.organization_of(("workspace", workspace_id)) or ""
+            if len(self._organizations) > 10_000:
+                self._organizations.clear()
+            self._organizations[workspace_id] = org
+        return org
 
     async def _register(self, note_id: str, workspace_id: str) -> int:
         from gatehouse.authz.v1 import relationship_pb2
@@ -63,6 +74,7 @@ class Notes:
         when = now()
         note = Note(new_id(), workspace_id, title.strip(), body, actor.id, when, when, request_id=key)
         revision = await self._register(note.id, workspace_id)
+        organization_id = await self._organization_of(workspace_id)
         try:
             async with self.db.unit_of_work() as uow:
                 await store.add(uow.session, note)
@@ -70,6 +82,7 @@ class Notes:
                     uow.session,
                     service=SERVICE,
                     action="notes.note.create",
+                    organization_id=organization_id,
                     workspace_id=workspace_id,
                     target=(RESOURCE_TYPE, note.id),
                     details={"title": note.title},
@@ -113,6 +126,7 @@ class Notes:
             current = await store.get(uow.session, note_id)
             if current is None:
                 raise errors.NotFound(RESOURCE_TYPE, note_id)
+            organization_id = await self._organization_of(current.workspace_id)
             if not await store.update(uow.session, note_id, changes, expected_version=expected, when=now()):
                 raise errors.Aborted(
                     "the note changed since you read it; read it again", reason="ETAG_MISMATCH"
@@ -121,6 +135,7 @@ class Notes:
                 uow.session,
                 service=SERVICE,
                 action="notes.note.update",
+                organization_id=organization_id,
                 workspace_id=current.workspace_id,
                 target=(RESOURCE_TYPE, note_id),
                 details={"fields": sorted(changes)},
@@ -135,10 +150,12 @@ class Notes:
             current = await store.get(uow.session, note_id)
             if current is None or not await store.soft_delete(uow.session, note_id, now()):
                 raise errors.NotFound(RESOURCE_TYPE, note_id)
+            organization_id = await self._organization_of(current.workspace_id)
             await audit_log.record(
                 uow.session,
                 service=SERVICE,
                 action="notes.note.delete",
+                organization_id=organization_id,
                 workspace_id=current.workspace_id,
                 target=(RESOURCE_TYPE, note_id),
             )
