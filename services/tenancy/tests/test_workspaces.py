@@ -176,7 +176,7 @@ async def test_concurrent_workspace_transfers_leave_exactly_one_owner(env):
     org = await env.org(admin, owner)
     ws = await env.workspace(owner, org.id)
     people = [await env.member(owner, org.id) for _ in range(3)]
-    await asyncio.gather(
+    results = await asyncio.gather(
         *[
             env.ws.TransferWorkspaceOwnership(
                 wpb.TransferWorkspaceOwnershipRequest(workspace_id=ws.id, new_owner_user_id=p.id),
@@ -186,6 +186,8 @@ async def test_concurrent_workspace_transfers_leave_exactly_one_owner(env):
         ],
         return_exceptions=True,
     )
+    assert sum(not isinstance(x, Exception) for x in results) == 1
+    assert {x.code() for x in results if isinstance(x, Exception)} <= {Code.ABORTED, Code.PERMISSION_DENIED}
     rels = await env.relationships(resource_type="workspace", resource_id=ws.id, relation="owner")
     assert len(rels) == 1
     members = await env.ws.ListWorkspaceMembers(

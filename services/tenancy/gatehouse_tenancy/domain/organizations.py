@@ -472,9 +472,13 @@ class Organizations(Core):
         org = await self.org_for(
             p, org_id, "org:transfer_ownership", "tenancy.organization.transfer_ownership"
         )
+        checked_owner = org.owner_user_id
         async with self.tx() as tx:
             await tx.repo.lock_organization(org.id)
             org = await tx.repo.get_organization(org.id)
+            if org.owner_user_id != checked_owner:
+                # the right was checked against an owner who has changed since: do not act on it
+                raise errors.Aborted("the ownership changed concurrently; read again and retry")
             target = await tx.repo.get_org_member(org.id, new_owner)
             if target is None:
                 raise errors.NotFound("member", new_owner)

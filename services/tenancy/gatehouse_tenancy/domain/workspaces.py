@@ -323,11 +323,15 @@ class Workspaces(Core):
             raise errors.InvalidArgument.field("new_owner_user_id", "is required")
         action = "tenancy.workspace.transfer_ownership"
         ws = await self.ws_for(p, ws_id, "transfer:ownership", action)
+        checked_owner = ws.owner_user_id
         async with self.tx() as tx:
             await tx.repo.lock_organization(ws.organization_id)
             ws = await tx.repo.get_workspace(ws.id)
             if ws is None or ws.deleted:
                 raise errors.NotFound("workspace", ws_id)
+            if ws.owner_user_id != checked_owner:
+                # the right was checked against an owner who has changed since: do not act on it
+                raise errors.Aborted("the ownership changed concurrently; read again and retry")
             org_member = await tx.repo.get_org_member(ws.organization_id, new_owner)
             if org_member is None or org_member.status != m.MEMBER_ACTIVE:
                 raise errors.FailedPrecondition(
