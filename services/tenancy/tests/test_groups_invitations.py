@@ -408,6 +408,18 @@ async def test_invitation_life_cycle(env, database_url):
         rev.invitation.id: r.INVITATION_STATE_REVOKED,
         exp.invitation.id: r.INVITATION_STATE_EXPIRED,
     }
+    pages, token = [], ""
+    for _ in range(5):
+        page = await env.orgs.ListInvitations(
+            opb.ListInvitationsRequest(organization_id=org.id, page_size=2, page_token=token),
+            metadata=owner.md,
+        )
+        pages.append([i.id for i in page.invitations])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(x) for x in pages] == [2, 1]
+    assert [i for p in pages for i in p] == sorted(by_id, reverse=True)  # newest first
     only = await env.orgs.ListInvitations(
         opb.ListInvitationsRequest(organization_id=org.id, state=r.INVITATION_STATE_EXPIRED),
         metadata=owner.md,

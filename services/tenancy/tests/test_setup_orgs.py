@@ -268,6 +268,22 @@ async def test_members_roles_status_and_owner_rules(env):
     by_id = {x.user_id: x for x in listed.members}
     assert by_id[owner.id].role == r.ORG_ROLE_OWNER and by_id[owner.id].email == owner.email
     assert by_id[m1.id].role == r.ORG_ROLE_ADMIN and by_id[m1.id].display_name == "Member"
+    first = await env.orgs.ListOrganizationMembers(
+        opb.ListOrganizationMembersRequest(organization_id=org.id, page_size=1), metadata=m1.md
+    )
+    rest = await env.orgs.ListOrganizationMembers(
+        opb.ListOrganizationMembersRequest(organization_id=org.id, page_token=first.next_page_token),
+        metadata=m1.md,
+    )
+    assert [x.user_id for x in [*first.members, *rest.members]] == sorted(by_id)
+    assert rest.next_page_token == ""
+    await fails(
+        env.orgs.ListOrganizationMembers(
+            opb.ListOrganizationMembersRequest(organization_id=org.id, page_token="not-a-token"),
+            metadata=m1.md,
+        ),
+        Code.INVALID_ARGUMENT,
+    )
     # a member may remove themselves
     await env.orgs.RemoveOrganizationMember(
         opb.RemoveOrganizationMemberRequest(organization_id=org.id, user_id=m1.id), metadata=m1.md
