@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from gatehouse.kit import errors
 from gatehouse.kit.context import Principal
@@ -230,10 +229,3 @@ class Core:
             ident=group_id,
         )
         return group
-
-    async def replay(self, tx, key: str, loader) -> Any:
-        """The earlier result of a retried request (same caller, method and request_id), or None."""
-        result_id = await tx.repo.request_result(key) if key else None
-        if result_id is None:
-            return None
-        return await loader(result_id)
