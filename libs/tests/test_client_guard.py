@@ -59,7 +59,7 @@ async def setup(tmp_path, database_url):
     mint = TokenMint()
     authz_server, address = await start_authz(tmp_path / "authz", database_url, mint.verifier)
     channel = grpc.aio.insecure_channel(address)
-    authz = AuthzClient(channel, token_source=StaticToken(mint.service("probe")))
+    authz = AuthzClient(channel, token_source=StaticToken(mint.service("probe")), timeout=2.0)
     await authz.write(
         touch(
             "workspace:w#parent@organization:o",

@@ -120,6 +120,7 @@ class AuthzClient:
         *,
         token_source: TokenSource | None = None,
         timeout: float = 0.5,
+        write_timeout: float = 5.0,
         cache_ttl: float = 1.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
@@ -129,7 +130,8 @@ class AuthzClient:
         self._pb = authz_service_pb2
         self.stub = authz_service_pb2_grpc.AuthzServiceStub(channel)
         self._token_source = token_source
-        self.timeout = timeout
+        self.timeout = timeout  # checks and reads: the hot path, fail fast
+        self.write_timeout = write_timeout  # relationship writes commit to authz's database
         self.cache = DecisionCache(cache_ttl, cache_size, clock)
         self._floor = 0
         self._floor_changed = asyncio.Event()
@@ -392,6 +394,7 @@ class AuthzClient:
             self._pb.WriteRelationshipsRequest(
                 updates=list(updates), preconditions=list(preconditions), request_id=request_id
             ),
+            timeout=self.write_timeout,
         )
         self.observe_revision(answer.revision)
         return answer.revision
@@ -401,6 +404,7 @@ class AuthzClient:
         answer = await self._call(
             "DeleteRelationships",
             self._pb.DeleteRelationshipsRequest(filter=relationship_filter, request_id=request_id),
+            timeout=self.write_timeout,
         )
         self.observe_revision(answer.revision)
         return answer.revision
@@ -431,6 +435,7 @@ class AuthzClient:
                 subject=refs_pb2.SubjectRef(type=s_type, id=s_id),
                 request_id=request_id,
             ),
+            timeout=self.write_timeout,
         )
         self.observe_revision(answer.revision)
         return answer.revision
