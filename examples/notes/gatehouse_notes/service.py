@@ -47,6 +47,19 @@ class Notes:
             self._organizations[workspace_id] = org
         return org
 
+    @staticmethod
+    async def _audit(session, verb: str, note: Note, organization_id: str, details: dict | None = None):
+        """The audit event of a change, in the change's own transaction (the kit's outbox)."""
+        await audit_log.record(
+            session,
+            service=SERVICE,
+            action=f"notes.note.{verb}",
+            organization_id=organization_id,
+            workspace_id=note.workspace_id,
+            target=(RESOURCE_TYPE, note.id),
+            details=details,
+        )
+
     async def _register(self, note_id: str, workspace_id: str) -> int:
         from gatehouse.authz.v1 import relationship_pb2
         from gatehouse.type.v1 import refs_pb2
@@ -78,15 +91,7 @@ class Notes:
         try:
             async with self.db.unit_of_work() as uow:
                 await store.add(uow.session, note)
-                await audit_log.record(
-                    uow.session,
-                    service=SERVICE,
-                    action="notes.note.create",
-                    organization_id=organization_id,
-                    workspace_id=workspace_id,
-                    target=(RESOURCE_TYPE, note.id),
-                    details={"title": note.title},
-                )
+                await self._audit(uow.session, "create", note, organization_id, {"title": note.title})
                 await uow.commit()
         except IntegrityError:  # the same request raced itself: return the winner
             async with self.db.unit_of_work() as uow:
@@ -131,15 +136,7 @@ class Notes:
                 raise errors.Aborted(
                     "the note changed since you read it; read it again", reason="ETAG_MISMATCH"
                 )
-            await audit_log.record(
-                uow.session,
-                service=SERVICE,
-                action="notes.note.update",
-                organization_id=organization_id,
-                workspace_id=current.workspace_id,
-                target=(RESOURCE_TYPE, note_id),
-                details={"fields": sorted(changes)},
-            )
+            await self._audit(uow.session, "update", current, organization_id, {"fields": sorted(changes)})
             await uow.commit()
             return await store.get(uow.session, note_id)
 
@@ -151,14 +148,7 @@ class Notes:
             if current is None or not await store.soft_delete(uow.session, note_id, now()):
                 raise errors.NotFound(RESOURCE_TYPE, note_id)
             organization_id = await self._organization_of(current.workspace_id)
-            await audit_log.record(
-                uow.session,
-                service=SERVICE,
-                action="notes.note.delete",
-                organization_id=organization_id,
-                workspace_id=current.workspace_id,
-                target=(RESOURCE_TYPE, note_id),
-            )
+            await self._audit(uow.session, "delete", current, organization_id)
             await uow.commit()
         try:
             await self.authz.delete(
