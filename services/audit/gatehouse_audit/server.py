@@ -9,15 +9,15 @@ import pathlib
 import grpc
 
 from gatehouse.audit.v1 import audit_service_pb2_grpc
+from gatehouse.client.authz import AuthzClient
 from gatehouse.kit.app import Runtime, run_service
-from gatehouse.kit.authz_guard import AuthzGuard
 from gatehouse.kit.config import Settings
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import migrate_on_start
 from gatehouse.kit.server import ServiceSpec
 from gatehouse_audit.adapters.config import AuditConfig
 from gatehouse_audit.adapters.store import AuditStore
-from gatehouse_audit.api.access import Access
+from gatehouse_audit.api.access import Access, CoherentChecks
 from gatehouse_audit.api.servicer import AuditServicer
 from gatehouse_audit.domain.usecases import Audit
 
@@ -25,6 +25,7 @@ SERVICE = "audit"
 SERVICE_NAMES = ("gatehouse.audit.v1.AuditService",)
 PUBLIC_METHODS = frozenset()
 MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
+AUTHZ_CACHE_TTL = 10.0  # seconds; the cache is used only while authz's Watch stream is live
 
 log = logging.getLogger("gatehouse.audit")
 
@@ -57,12 +58,16 @@ def build(settings: Settings, runtime: Runtime, *, environ=None, token_source=No
     audit = Audit(
         AuditStore(db, config.chain_key), config.chain_key, config.signer, config.default_retention_days
     )
-    guard = AuthzGuard(
+    # Access decisions come from authz through the library's AuthzClient, failing closed (authz
+    # down → UNAVAILABLE). Decisions are cached per authz revision and used only while its Watch
+    # stream is live: any change anywhere bypasses the cache at once; stream down → ask authz.
+    authz = AuthzClient(
         runtime.channel("authz"),
-        timeout=settings.authz_timeout,
         token_source=token_source or runtime.service_tokens(),
+        timeout=settings.authz_timeout,
+        cache_ttl=AUTHZ_CACHE_TTL,
     )
-    servicer = AuditServicer(audit, Access(guard))
+    servicer = AuditServicer(audit, Access(CoherentChecks(authz)))
 
     def register(server: grpc.aio.Server) -> None:
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(servicer, server)
@@ -73,7 +78,7 @@ def build(settings: Settings, runtime: Runtime, *, environ=None, token_source=No
         register=register,
         public_methods=PUBLIC_METHODS,
         on_start=[migrate_on_start(MIGRATIONS, settings.database_url)],
-        background=[purge_job(audit, config.purge_interval)],
+        background=[purge_job(audit, config.purge_interval), authz.follow_changes],
         on_stop=[db.dispose],
         depends_on=("identity",),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -11,7 +13,7 @@ from gatehouse.audit.v1 import audit_event_pb2 as epb
 from gatehouse.audit.v1 import audit_service_pb2 as pb
 from gatehouse.audit.v1 import audit_service_pb2_grpc
 from gatehouse.authz.v1 import authz_service_pb2 as apb
-from gatehouse.authz.v1 import authz_service_pb2_grpc
+from gatehouse.authz.v1 import authz_service_pb2_grpc, relationship_pb2
 from gatehouse.kit.db import Database
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.testing.db import make_database_url
@@ -19,7 +21,7 @@ from gatehouse.testing.tokens import TokenMint
 from gatehouse_audit.adapters.tables import events as events_table
 from gatehouse_audit.domain.usecases import READ_ACTION
 from services.audit.tests.helpers import event, generate_keys_env, start_audit
-from services.authz.tests.helpers import active, start_authz, touch
+from services.authz.tests.helpers import active, rel, start_authz, touch
 
 RELATIONSHIPS = [
     "workspace:wa1#parent@organization:A",
@@ -66,7 +68,13 @@ async def stack(tmp_path, database_url, request):
     def user(name):
         return mint.md(mint.user(name))
 
-    yield stub, user, svc, trail, {"audit": audit, "authz": authz, "db": database_url}
+    yield (
+        stub,
+        user,
+        svc,
+        trail,
+        {"audit": audit, "authz": authz, "db": database_url, "authz_port": authz_port},
+    )
     await channel.close()
     await audit.stop(0)
     await authz.stop(0)
@@ -296,3 +304,27 @@ async def test_authz_down_fails_closed(stack):
         ),
         grpc.StatusCode.UNAVAILABLE,
     )
+
+
+async def test_a_revoked_admin_is_denied_at_once_despite_the_cache(stack):
+    stub, user, svc, _, servers = stack
+    md = user("org_admin_a")
+    request = pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A"), page_size=1)
+    for _ in range(3):  # allowed, and from the second call on answered from the decision cache
+        assert len((await stub.ListEvents(request, metadata=md)).events) == 1
+    revoke = relationship_pb2.RelationshipUpdate(
+        operation=relationship_pb2.RelationshipUpdate.Operation.OPERATION_DELETE,
+        relationship=rel("organization:A#admin@user:org_admin_a"),
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['authz_port']}") as channel:
+        await authz_service_pb2_grpc.AuthzServiceStub(channel).WriteRelationships(
+            apb.WriteRelationshipsRequest(updates=[revoke]), metadata=svc
+        )
+    for _ in range(50):  # the Watch stream carries the change within milliseconds; bounded at 5 s
+        try:
+            await stub.ListEvents(request, metadata=md)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("a revoked organization admin could still read the trail after 5 s")

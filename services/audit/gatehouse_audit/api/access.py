@@ -16,7 +16,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from gatehouse.kit import errors
-from gatehouse.kit.authz_guard import AuthzGuard
 from gatehouse.kit.context import Principal
 from gatehouse_audit.domain.model import PLATFORM, Event, EventFilter
 
@@ -41,8 +40,24 @@ def _users_only(principal: Principal) -> None:
         )
 
 
+class CoherentChecks:
+    """Checks through an ``AuthzClient`` that use its cache only while its Watch stream is live.
+
+    So a cached decision is never older than the last change authz reported; before the stream
+    is up (start-up) or while it is down, every check asks authz (and fails closed).
+    """
+
+    def __init__(self, client):
+        self.client = client
+
+    async def check(self, principal: Principal, resource: tuple[str, str], capability: str):
+        return await self.client.check(principal, resource, capability, use_cache=self.client.coherent)
+
+
 class Access:
-    def __init__(self, guard: AuthzGuard):
+    def __init__(self, guard):
+        """``guard``: anything with ``await check(principal, resource, capability) -> Decision``
+        that fails closed (:class:`CoherentChecks` over an ``AuthzClient`` in the server)."""
         self.guard = guard
 
     async def _allowed(self, principal: Principal, resource: tuple[str, str], capability: str) -> bool:
