@@ -46,6 +46,7 @@ def revocations_fetcher(
                     identity_service_pb2.ListRevocationsRequest(after_sequence=after, page_size=page_size),
                     timeout=timeout,
                     metadata=(("authorization", f"Bearer {token}"),),
+                    wait_for_ready=True,  # as GetJwks: ride out the channel's reconnect back-off
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED and hasattr(token_source, "invalidate"):
