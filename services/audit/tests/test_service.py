@@ -328,3 +328,18 @@ async def test_a_revoked_admin_is_denied_at_once_despite_the_cache(stack):
             return
         await asyncio.sleep(0.1)
     raise AssertionError("a revoked organization admin could still read the trail after 5 s")
+
+
+async def test_export_streams_in_pages(stack):
+    stub, user, svc, _, _ = stack
+    many = [event("A", "wa1", action="tenancy.group.update") for _ in range(1100)]
+    for start in (0, 1000):
+        await stub.IngestEvents(pb.IngestEventsRequest(events=many[start : start + 1000]), metadata=svc)
+    sizes, ids = [], []
+    async for message in stub.ExportEvents(
+        pb.ExportEventsRequest(filter=pb.EventFilter(organization_id="A", action_prefix="tenancy.group.")),
+        metadata=user("org_admin_a"),
+    ):
+        sizes.append(len(message.events))
+        ids += [e.id for e in message.events]
+    assert sizes == [500, 500, 100] and sorted(ids) == sorted(e.id for e in many)
