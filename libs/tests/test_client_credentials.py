@@ -22,7 +22,9 @@ from gatehouse.authz.v1 import authz_service_pb2_grpc
 from gatehouse.client import GatehouseClient
 from gatehouse.identity.v1 import identity_service_pb2 as ipb
 from gatehouse.identity.v1 import identity_service_pb2_grpc
+from gatehouse.kit import errors
 from gatehouse.kit.keys import issue_token
+from gatehouse.kit.status import to_grpc_status, to_rpc_status
 from gatehouse.testing.tokens import AUDIENCE, ISSUER, TokenMint
 
 TTL = 900
@@ -76,10 +78,16 @@ class Recorder(authz_service_pb2_grpc.AuthzServiceServicer):
     def __init__(self, mint: TokenMint):
         self.mint = mint
         self.tokens: list[str] = []
+        self.refused: set[str] = set()  # tokens to refuse as a server does for a revoked session
+        self.calls = 0
 
     async def GetCatalog(self, request, context):
+        self.calls += 1
         token = dict(context.invocation_metadata())["authorization"].removeprefix("Bearer ")
         await self.mint.verifier(token)  # a real, unexpired token signed by the key
+        if token in self.refused:
+            refusal = errors.Unauthenticated("the session was revoked", reason="SESSION_REVOKED")
+            await context.abort_with_status(to_grpc_status(to_rpc_status(refusal)))
         self.tokens.append(token)
         return apb.GetCatalogResponse()
 
@@ -143,3 +151,22 @@ async def test_wrong_password_is_refused(stack):
         await client.login("ada@example.com", "wrong")
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert client.credentials is None
+
+
+async def test_a_refused_token_is_renewed_once_and_the_call_sent_again(stack):
+    client, identity, recorder = stack
+    await client.login("ada@example.com", "correct horse")
+    session = client.credentials
+    refused = session.access_token
+    recorder.refused.add(refused)
+    await client.authz_stub.GetCatalog(apb.GetCatalogRequest())
+    assert recorder.calls == 2 and len(identity.refresh_calls) == 1
+    assert recorder.tokens == [session.access_token] and session.access_token != refused
+    # a refusal that a new token does not cure is returned after one renewal, not looped on
+    recorder.refused.add(session.access_token)
+    identity.live_refresh.clear()
+    session._password = None  # no way to log in again
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.authz_stub.GetCatalog(apb.GetCatalogRequest())
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert recorder.calls == 3

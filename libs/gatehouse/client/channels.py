@@ -16,36 +16,70 @@ UNAUTHENTICATED_METHODS = frozenset(
 )
 
 
+# Refusals after which a fresh token may succeed (the kit's AuthInterceptor reasons).
+STALE_TOKEN_REASONS = frozenset({"TOKEN_INVALID", "SESSION_REVOKED"})
+
+
 class BearerInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     """Adds ``authorization: Bearer <token>`` from ``token_source`` (read per attempt, so refreshes apply).
 
     A call that already carries an ``authorization`` header keeps it (e.g. a
-    backend forwarding its caller's token).
+    backend forwarding its caller's token). When a unary call is refused with
+    ``UNAUTHENTICATED`` because of the token (keys rotated, session revoked) and
+    the credentials can be renewed (``invalidate()``), the token is renewed once
+    and the call sent again — safe for any method, since the server refused it
+    before running it.
     """
 
     def __init__(self, token_source: Callable[[], TokenSource | None]):
         self._token_source = token_source
 
-    async def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    async def _details(self, details: grpc.aio.ClientCallDetails):
+        """(details with the token, the credentials used or None)."""
         source = self._token_source()
         if source is None or method_name(details.method) in UNAUTHENTICATED_METHODS:
-            return details
+            return details, None
         metadata = list(details.metadata or ())
         if any(key == "authorization" for key, _ in metadata):
-            return details
+            return details, None
         token = await source()
         if not token:
-            return details
+            return details, None
         metadata.append(("authorization", f"Bearer {token}"))
-        return grpc.aio.ClientCallDetails(
+        with_token = grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
+        return with_token, source
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(await self._details(client_call_details), request)
+        from gatehouse.kit import errors
+        from gatehouse.kit.status import error_info
+
+        details, source = await self._details(client_call_details)
+        call = await continuation(details, request)
+        if source is None or not hasattr(source, "invalidate"):
+            return call
+        try:
+            await call
+            return call
+        except grpc.aio.AioRpcError as exc:
+            info = error_info(exc)
+            if (
+                exc.code() != grpc.StatusCode.UNAUTHENTICATED
+                or info is None
+                or info.reason not in STALE_TOKEN_REASONS
+            ):
+                return call
+        source.invalidate()
+        try:
+            details, _ = await self._details(client_call_details)
+        except errors.GatehouseError:
+            return call  # no fresh token to be had: the caller sees the original refusal
+        return await continuation(details, request)
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(await self._details(client_call_details), request)
+        details, _ = await self._details(client_call_details)
+        return await continuation(details, request)
 
 
 def telemetry_interceptors(telemetry=None) -> list:

@@ -101,6 +101,10 @@ class SessionCredentials:
         margin = min(self._margin, self._lifetime / 2)
         return bool(self.access_token) and self._clock() < self.expires_at - margin
 
+    def invalidate(self) -> None:
+        """The access token was refused: the next call refreshes (or logs in) first."""
+        self.expires_at = 0.0
+
     async def refresh(self) -> None:
         """``RefreshSession`` now (the refresh token is used up and replaced)."""
         from gatehouse.identity.v1 import identity_service_pb2 as pb
