@@ -1,14 +1,18 @@
 """Audit storage: idempotent chained ingest, keyset reads, chain walks, purge.
 
-Concurrency of the chains: every transaction that appends to a chain first
-makes sure the chain's head row exists (``INSERT … ON CONFLICT DO NOTHING``)
-and then locks it (``SELECT … FOR UPDATE``, in organization order so two
-batches never deadlock). On PostgreSQL the row lock serializes appenders of one
-chain while other chains proceed; the duplicate check runs *after* the lock, so
-two relays racing with the same batch store each event once. On SQLite the
-first statement of the transaction is a write, which takes the database's
-write lock before anything is read (and a process-wide lock avoids busy waits).
-Sequences are therefore gapless and assigned in the order events are stored.
+Concurrency of the chains: a transaction that appends to chains locks their
+head rows (``SELECT … FOR UPDATE`` in organization order, so two batches never
+deadlock; missing heads are created first with ``INSERT … ON CONFLICT DO
+NOTHING``), assigns the next sequences and hashes, writes the events and the
+new heads, and commits. On PostgreSQL the row lock serializes appenders of one
+chain while other chains proceed. Ids already stored are filtered *before* the
+lock (a redelivery locks nothing); if a racing call stores one of the ids in
+between, the primary key rejects the insert, the whole transaction rolls back
+(no gap) and :meth:`AuditStore.ingest` retries, now seeing it as a duplicate.
+On SQLite the first statement of the transaction is the head-row write, which
+takes the database's write lock before anything is read, and the duplicate
+check runs under it (a process-wide lock avoids busy waits). Sequences are
+therefore gapless and assigned in the order events are stored.
 """
 
 from __future__ import annotations
