@@ -41,6 +41,7 @@ _COPY = f"COPY {events.name} ({', '.join(EVENT_FIELDS)}) FROM STDIN"
 
 
 _COLUMNS = [events.c[name] for name in EVENT_FIELDS]
+_IDS = postgresql.ARRAY(sa.String)
 
 
 def _event(row) -> Event:
@@ -134,8 +135,14 @@ class AuditStore:
                 await copy.write_row([getattr(e, n) for n in EVENT_FIELDS])
 
     async def _unseen(self, session, candidates: list[Event]) -> list[Event]:
+        """The candidates whose id is not stored yet."""
         ids = [e.id for e in candidates]
-        existing = set((await session.execute(sa.select(events.c.id).where(events.c.id.in_(ids)))).scalars())
+        if self.db.is_postgres:  # one array parameter: no statement text to build per batch size
+            query = sa.select(events.c.id).where(events.c.id == sa.any_(sa.bindparam("ids", type_=_IDS)))
+            found = await session.execute(query, {"ids": ids})
+        else:
+            found = await session.execute(sa.select(events.c.id).where(events.c.id.in_(ids)))
+        existing = set(found.scalars())
         return [e for e in candidates if e.id not in existing]
 
     async def _append(self, session, batch: Sequence[Event]) -> IngestResult:
