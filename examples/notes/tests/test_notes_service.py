@@ -9,15 +9,15 @@ import asyncio
 import grpc
 import pytest
 import sqlalchemy as sa
-from gatehouse_notes.catalog import write_catalog
-from gatehouse_notes.contracts import pb, pb_grpc
-from gatehouse_notes.server import NotesServer, NotesSettings
 
 from gatehouse.authz.v1 import relationship_pb2
 from gatehouse.client import AuthzClient, StaticToken
 from gatehouse.client.testing import active, start_authz, touch
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.testing.tokens import TokenMint
+from gatehouse_notes.catalog import write_catalog
+from gatehouse_notes.contracts import pb, pb_grpc
+from gatehouse_notes.server import NotesServer, NotesSettings
 
 # org o: workspace w — alice admin, mia member, vic viewer; carl in org o but not in w.
 # org o2: eve, admin of her own workspace w2.

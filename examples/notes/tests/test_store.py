@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from gatehouse_notes import store
-from gatehouse_notes.domain import Note
-from gatehouse_notes.server import MIGRATIONS
 
 from gatehouse.kit.db import Database
 from gatehouse.kit.ids import new_id
 from gatehouse.kit.migrations import upgrade_to_head
+from gatehouse_notes import store
+from gatehouse_notes.domain import Note
+from gatehouse_notes.server import MIGRATIONS
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ import asyncio
 
 import grpc
 import pytest
-from gatehouse_notes.catalog import write_catalog
-from gatehouse_notes.contracts import pb, pb_grpc
-from gatehouse_notes.server import NotesServer, NotesSettings
 
 from gatehouse.client import AuthzClient, GatehouseClient, StaticToken
 from gatehouse.client.testing import active, touch
 from gatehouse.kit.status import error_info
 from gatehouse.testing.identity import DEFAULT_PASSWORD, running_identity
+from gatehouse_notes.catalog import write_catalog
+from gatehouse_notes.contracts import pb, pb_grpc
+from gatehouse_notes.server import NotesServer, NotesSettings
 
 
 @pytest.fixture
