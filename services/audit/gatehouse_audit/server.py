@@ -51,7 +51,9 @@ def purge_job(audit: Audit, interval: float):
 def build(settings: Settings, runtime: Runtime, *, environ=None, token_source=None) -> ServiceSpec:
     """The audit service; ``environ`` (keys, retention) and ``token_source`` (authz calls) default to
     the process environment and the service's own credentials."""
-    config = AuditConfig.load(settings.data_dir, environ)
+    config = AuditConfig.load(
+        settings.data_dir, environ, require_keys=settings.database_url.startswith("postgresql")
+    )
     # No pre-ping: it costs a round trip per transaction (a third of a ListEvents page); a connection
     # broken by a database restart fails one call with UNAVAILABLE and the pool is invalidated.
     db = Database(settings.database_url, pool_pre_ping=False)

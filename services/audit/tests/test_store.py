@@ -13,7 +13,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from gatehouse_audit.adapters.config import CHAIN_KEY, PREVIOUS_KEYS, AuditConfig
+from gatehouse_audit.adapters.config import CHAIN_KEY, CHECKPOINT_KEY, PREVIOUS_KEYS, AuditConfig
 from gatehouse_audit.adapters.store import EVENT_FIELDS
 from gatehouse_audit.adapters.tables import chains, events
 from gatehouse_audit.domain.model import EventFilter
@@ -320,3 +320,10 @@ def test_development_keys_are_generated_private_and_stable(tmp_path):
 
     with pytest.raises(ConfigError, match=CHAIN_KEY):
         AuditConfig.load(tmp_path, {CHAIN_KEY: base64.b64encode(b"short").decode()})
+    # a shared (PostgreSQL) database: replicas must share the keys, nothing is generated
+    with pytest.raises(ConfigError, match=CHAIN_KEY):
+        AuditConfig.load(tmp_path / "other", {}, require_keys=True)
+    with pytest.raises(ConfigError, match=CHECKPOINT_KEY):
+        AuditConfig.load(tmp_path / "other", {CHAIN_KEY: generate_keys_env()[CHAIN_KEY]}, require_keys=True)
+    assert not (tmp_path / "other").exists()
+    assert AuditConfig.load(tmp_path / "other", generate_keys_env(), require_keys=True).chain_key

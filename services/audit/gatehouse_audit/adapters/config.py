@@ -8,8 +8,9 @@
 | ``GATEHOUSE_AUDIT_RETENTION_DAYS`` | ``365`` | retention of organizations without their own setting, and of the platform chain |
 | ``GATEHOUSE_AUDIT_PURGE_INTERVAL`` | ``3600`` | seconds between purge runs |
 
-Neither key is ever written to the database. In development (no variable set)
-each is generated once into the data directory with mode 0600.
+Neither key is ever written to the database. In development (SQLite, no
+variable set) each is generated once into the data directory with mode 0600;
+with PostgreSQL both variables are required, so every replica uses the same keys.
 """
 
 from __future__ import annotations
@@ -43,8 +44,19 @@ class AuditConfig:
     purge_interval: float = 3600.0
 
     @classmethod
-    def load(cls, data_dir: pathlib.Path, environ: Mapping[str, str] | None = None) -> AuditConfig:
+    def load(
+        cls, data_dir: pathlib.Path, environ: Mapping[str, str] | None = None, *, require_keys: bool = False
+    ) -> AuditConfig:
+        """The configuration; ``require_keys`` (a shared PostgreSQL database: several replicas) refuses
+        to generate keys, since replicas with keys of their own would break each other's chains."""
         env = os.environ if environ is None else environ
+        if require_keys:
+            for var in (CHAIN_KEY, CHECKPOINT_KEY):
+                if not env.get(var):
+                    raise ConfigError(
+                        f"{var}: required with a PostgreSQL database (every replica must use the same key); "
+                        "generated keys are for development on SQLite only"
+                    )
         current = env.get(CHAIN_KEY) or _dev_secret(data_dir / "keys" / "audit-chain.key", MIN_KEY_BYTES)
         chain_key = _decode(CHAIN_KEY, current, MIN_KEY_BYTES)
         previous = [
