@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 from gatehouse.authz.v1 import authz_service_pb2 as pb
 from gatehouse.authz.v1 import relationship_pb2
 from gatehouse.kit.app import build_server
 from gatehouse.testing.servers import settings_for
 from gatehouse.type.v1 import refs_pb2
+from gatehouse_authz.domain import model as m
 from gatehouse_authz.server import build
 
 Op = relationship_pb2.RelationshipUpdate.Operation
@@ -27,14 +30,20 @@ async def start_authz(tmp_path, database_url, mint, name="a"):
     return server, port
 
 
-def rel(text: str) -> relationship_pb2.Relationship:
+def parse_tuple(text: str) -> m.Tuple:
+    """`workspace:w#admin@user:u` or `dataset:d#grant:read@user:u`."""
     left, subject = text.split("@")
     resource, relation = left.split("#")
     rtype, rid = resource.split(":")
     stype, sid = subject.split(":")
     cap = ""
     if relation.startswith("grant:"):
-        relation, cap = "grant", relation[6:]
+        relation, cap = "grant", relation[len("grant:") :]
+    return m.Tuple(rtype, rid, relation, stype, sid, cap)
+
+
+def rel(text: str) -> relationship_pb2.Relationship:
+    rtype, rid, relation, stype, sid, cap = astuple(parse_tuple(text))
     return relationship_pb2.Relationship(
         resource=refs_pb2.ResourceRef(type=rtype, id=rid),
         relation=relation,
@@ -78,3 +87,16 @@ async def seed(stub, svc):
     return (
         await stub.WriteRelationships(pb.WriteRelationshipsRequest(updates=updates), metadata=svc)
     ).revision
+
+
+async def all_pages(fetch, items, limit: int = 50) -> list:
+    """Every item over the pages of a paginated RPC: ``fetch(token)`` returns a page, ``items(page)``
+    its items; bounded to ``limit`` pages (a pagination loop is a test failure, not a hang)."""
+    out, token = [], ""
+    for _ in range(limit):
+        page = await fetch(token)
+        out += items(page)
+        token = page.next_page_token
+        if not token:
+            return out
+    raise AssertionError(f"more than {limit} pages")

@@ -7,6 +7,7 @@ import pytest
 from gatehouse_authz.domain import model as m
 from gatehouse_authz.domain.catalog import CatalogError, load_catalog, parse_catalog
 from gatehouse_authz.domain.index import Index, UnknownCapability, UnknownType
+from services.authz.tests.helpers import parse_tuple
 
 CATALOG = load_catalog()
 WS_CAPS = {
@@ -50,16 +51,7 @@ def put(index: Index, *items, revision=None):
     index.apply([m.Change("put", i) for i in items], revision or index.revision + 1)
 
 
-def rel(text: str) -> m.Tuple:
-    """`workspace:w#admin@user:u` or `dataset:d#grant:read@user:u`."""
-    left, subject = text.split("@")
-    resource, relation = left.split("#")
-    rtype, rid = resource.split(":")
-    stype, sid = subject.split(":")
-    cap = ""
-    if relation.startswith("grant:"):
-        relation, cap = "grant", relation[len("grant:") :]
-    return m.Tuple(rtype, rid, relation, stype, sid, cap)
+rel = parse_tuple
 
 
 def member(org: str, user: str, status: str = m.ACTIVE) -> m.State:

@@ -16,7 +16,7 @@ from gatehouse.authz.v1 import decision_pb2, relationship_pb2
 from gatehouse.kit.db import Database
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.type.v1 import refs_pb2
-from services.authz.tests.helpers import Op, active, check_req, rel, touch
+from services.authz.tests.helpers import Op, active, all_pages, check_req, rel, touch
 
 R = decision_pb2
 
@@ -34,6 +34,11 @@ def sub(text: str) -> refs_pb2.SubjectRef:
 async def write(stub, svc, *texts, extra=(), **kw) -> int:
     request = pb.WriteRelationshipsRequest(updates=touch(*texts) + list(extra), **kw)
     return (await stub.WriteRelationships(request, metadata=svc)).revision
+
+
+def state_update(**item) -> relationship_pb2.RelationshipUpdate:
+    """A TOUCH of one state item, e.g. ``subject_state=SubjectState(...)``."""
+    return relationship_pb2.RelationshipUpdate(operation=Op.OPERATION_TOUCH, **item)
 
 
 async def code_of(coro) -> grpc.StatusCode:
@@ -117,10 +122,7 @@ async def test_caller_rules_for_every_read_rpc(authz):
         stub,
         svc,
         extra=[
-            relationship_pb2.RelationshipUpdate(
-                operation=Op.OPERATION_TOUCH,
-                subject_state=relationship_pb2.SubjectState(subject=sub("user:root"), disabled=True),
-            )
+            state_update(subject_state=relationship_pb2.SubjectState(subject=sub("user:root"), disabled=True))
         ],
     )
     assert (
@@ -209,11 +211,10 @@ async def test_explain_traces_paths_and_denials(authz):
         stub,
         svc,
         extra=[
-            relationship_pb2.RelationshipUpdate(
-                operation=Op.OPERATION_TOUCH,
+            state_update(
                 resource_settings=relationship_pb2.ResourceSettings(
                     resource=ref("organization:o"), require_mfa=True
-                ),
+                )
             )
         ],
     )
@@ -291,15 +292,12 @@ async def test_grant_rules(authz):
     # ListGrants pages through every grant
     for i in range(7):
         await stub.GrantCapability(grant("read", f"user:reader{i}"), metadata=svc)
-    seen, token = [], ""
-    for _ in range(10):
-        page = await stub.ListGrants(
+    seen = await all_pages(
+        lambda token: stub.ListGrants(
             pb.ListGrantsRequest(resource=ref("dataset:d"), page_size=3, page_token=token), metadata=owner
-        )
-        seen += [(g.subject.type, g.subject.id, g.capability) for g in page.grants]
-        token = page.next_page_token
-        if not token:
-            break
+        ),
+        lambda page: [(g.subject.type, g.subject.id, g.capability) for g in page.grants],
+    )
     assert len(seen) == 8 and len(set(seen)) == 8 and ("organization", "o", "read") in seen
 
 
@@ -452,9 +450,8 @@ async def test_lookups_and_reads_are_complete_across_pages(authz):
         *[f"workspace:w#member@user:{u}" for u in users[10:]],
         extra=[active("o", u) for u in users],
     )
-    seen, token = [], ""
-    for _ in range(20):
-        page = await stub.LookupSubjects(
+    seen = await all_pages(
+        lambda token: stub.LookupSubjects(
             pb.LookupSubjectsRequest(
                 resource=ref("workspace:w"),
                 capability="chat",
@@ -463,26 +460,21 @@ async def test_lookups_and_reads_are_complete_across_pages(authz):
                 consistency=R.Consistency(at_least_revision=revision),
             ),
             metadata=svc,
-        )
-        seen += list(page.user_ids)
-        token = page.next_page_token
-        if not token:
-            break
+        ),
+        lambda page: list(page.user_ids),
+    )
     assert seen == users
-    rows, token = [], ""
-    for _ in range(20):
-        page = await stub.ReadRelationships(
+    rows = await all_pages(
+        lambda token: stub.ReadRelationships(
             pb.ReadRelationshipsRequest(
                 filter=relationship_pb2.RelationshipFilter(resource_type="group"),
                 page_size=3,
                 page_token=token,
             ),
             metadata=svc,
-        )
-        rows += [r.subject.id for r in page.relationships]
-        token = page.next_page_token
-        if not token:
-            break
+        ),
+        lambda page: [r.subject.id for r in page.relationships],
+    )
     assert sorted(rows) == users[:10] and len(rows) == 10
 
 

@@ -11,7 +11,7 @@ from gatehouse.authz.v1 import authz_service_pb2 as pb
 from gatehouse.authz.v1 import authz_service_pb2_grpc, decision_pb2, relationship_pb2
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.type.v1 import refs_pb2
-from services.authz.tests.helpers import active, check_req, seed, start_authz, touch
+from services.authz.tests.helpers import active, all_pages, check_req, seed, start_authz, touch
 
 
 async def test_write_then_check_and_explain(authz):
@@ -193,9 +193,8 @@ async def test_lookup_resources_is_complete_across_pages(authz):
     revision = (
         await stub.WriteRelationships(pb.WriteRelationshipsRequest(updates=updates), metadata=svc)
     ).revision
-    seen, token = [], ""
-    while True:
-        page = await stub.LookupResources(
+    seen = await all_pages(
+        lambda token: stub.LookupResources(
             pb.LookupResourcesRequest(
                 subject=refs_pb2.SubjectRef(type="user", id="frank"),
                 resource_type="workspace",
@@ -205,11 +204,9 @@ async def test_lookup_resources_is_complete_across_pages(authz):
                 consistency=decision_pb2.Consistency(at_least_revision=revision),
             ),
             metadata=svc,
-        )
-        seen += list(page.resource_ids)
-        token = page.next_page_token
-        if not token:
-            break
+        ),
+        lambda page: list(page.resource_ids),
+    )
     assert seen == [f"w{i:03d}" for i in range(57)]
 
 
