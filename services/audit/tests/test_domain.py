@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatehouse_audit.domain.chain import GENESIS, ChainKey, ChainWalk
 from gatehouse_audit.domain.model import Event
@@ -89,3 +91,33 @@ def test_walk_verdicts():
 def test_keys_must_be_long_enough():
     with pytest.raises(ValueError):
         ChainKey(b"short")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=12),
+    op=st.sampled_from(["edit", "delete", "swap", "truncate"]),
+    data=st.data(),
+)
+def test_any_single_tampering_is_found_at_the_right_place(n, op, data):
+    key = ChainKey(b"k" * 32)
+    events = chain(key, n)
+    i = data.draw(st.integers(min_value=0, max_value=n - 1), label="position")
+    if op == "edit":
+        field = data.draw(st.sampled_from(["action", "actor_id", "details", "outcome", "occur_us"]))
+        setattr(events[i], field, 7 if field == "occur_us" else "tampered")
+        expected = ("EDITED", i + 1)
+    elif op == "delete":
+        del events[i]
+        expected = ("DELETED", i + 1) if i < n - 1 else ("TRUNCATED", n)
+    elif op == "swap":
+        j = data.draw(st.integers(min_value=0, max_value=n - 1).filter(lambda j: j != i), label="other")
+        a, b = sorted((i, j))
+        events[a], events[b] = events[b], events[a]
+        events[a].sequence, events[b].sequence = a + 1, b + 1
+        expected = ("REORDERED", a + 1)
+    else:
+        del events[i:]
+        expected = ("TRUNCATED", i + 1)
+    verdict = walk(key, events, n)
+    assert not verdict.ok and (verdict.failure, verdict.failed_sequence) == expected

@@ -237,6 +237,20 @@ async def test_page_token_is_bound_to_its_filter(stack):
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert bad_request(err).field_violations[0].field == "page_token"
+    err = await denied(
+        stub.ListEvents(
+            pb.ListEventsRequest(
+                filter=pb.EventFilter(organization_id="A", outcome=7), page_size=-1, page_token="%%%"
+            ),
+            metadata=user("org_admin_a"),
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert [v.field for v in bad_request(err).field_violations] == [
+        "page_size",
+        "page_token",
+        "filter.outcome",
+    ]
 
 
 async def test_export_streams_everything_in_scope(stack):
@@ -273,9 +287,12 @@ async def test_checkpoint_and_verify_detect_an_edit(stack):
     assert ok.ok and ok.checked_count == 60
     await denied(stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id="B"), metadata=md))
     await denied(stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id=""), metadata=md))
+    await denied(stub.GetCheckpoint(pb.GetCheckpointRequest(organization_id="A"), metadata=user("ws_admin")))
     assert (
         await stub.GetCheckpoint(pb.GetCheckpointRequest(), metadata=user("auditor"))
     ).checkpoint.sequence >= 5
+    platform = await stub.VerifyChain(pb.VerifyChainRequest(), metadata=user("auditor"))
+    assert platform.ok and platform.checked_count >= 6  # 5 ingested + the auditor's own recorded reads
     victim = trail["wa2"][4]
     db = Database(servers["db"])
     try:

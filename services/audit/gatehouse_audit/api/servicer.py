@@ -24,13 +24,24 @@ def _fingerprint(request_filter) -> str:
     return hashlib.sha256(request_filter.SerializeToString(deterministic=True)).hexdigest()[:12]
 
 
+def _collect(errs: ErrorCollector, validate):
+    """``validate()``'s value, or None with its field violations added to ``errs``."""
+    try:
+        return validate()
+    except errors.InvalidArgument as exc:
+        errs.violations.extend(exc.violations)
+        return None
+
+
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     def __init__(self, audit: Audit, access: Access):
         self.audit = audit
         self.access = access
 
-    async def _scope(self, request_filter):
-        errs = ErrorCollector()
+    async def _scope(self, request_filter, errs: ErrorCollector | None = None):
+        """Validate the filter (adding to ``errs``, which may hold other fields' violations), then
+        narrow it to what the caller may read."""
+        errs = errs or ErrorCollector()
         wanted = filter_from_pb(request_filter, errs)
         errs.raise_if_any()
         principal = require_principal()
@@ -54,10 +65,11 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
 
     # ---- reading --------------------------------------------------------------
     async def ListEvents(self, request, context):
-        size = page_size(request.page_size, default=50, maximum=1000)
-        principal, scope = await self._scope(request.filter)
+        errs = ErrorCollector()  # every bad field at once
+        size = _collect(errs, lambda: page_size(request.page_size, default=50, maximum=1000))
+        position = _collect(errs, lambda: decode_token(request.page_token))
+        principal, scope = await self._scope(request.filter, errs)
         fingerprint = _fingerprint(request.filter)
-        position = decode_token(request.page_token)
         after = None
         if position is not None:
             if position.get("f") != fingerprint or not isinstance(position.get("t"), int):
