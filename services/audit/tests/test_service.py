@@ -212,6 +212,12 @@ async def test_ingest_rules(stack):
     )
     fields = sorted(v.field for v in bad_request(err).field_violations)
     assert fields == ["events[1].action", "events[1].actor.type", "events[1].occur_time", "events[1].outcome"]
+    forged = event("A", action="audit.events.purge")
+    err = await denied(
+        stub.IngestEvents(pb.IngestEventsRequest(events=[forged]), metadata=svc),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert [v.field for v in bad_request(err).field_violations] == ["events[0].action"]
     too_many = [event("A") for _ in range(1001)]
     err = await denied(
         stub.IngestEvents(pb.IngestEventsRequest(events=too_many), metadata=svc),

@@ -29,6 +29,7 @@ _STRINGS = [
     ("user_agent", 500, False),
 ]
 MAX_DETAILS = 256_000
+OWN_SERVICE, OWN_PREFIX = "audit", "audit."
 _OUTCOMES = {epb.OUTCOME_SUCCESS: "SUCCESS", epb.OUTCOME_DENIED: "DENIED", epb.OUTCOME_FAILURE: "FAILURE"}
 
 
@@ -92,6 +93,12 @@ def event_from_pb(e: epb.AuditEvent, where: str, errs: ErrorCollector) -> Event:
     action, actor_type, outcome = v["action"], actor.type, e.outcome
     if action and "." not in action:
         errs.add(f"{where}.action", "must be dotted, e.g. tenancy.workspace.delete")
+    if action.startswith(OWN_PREFIX) or v["service"] == OWN_SERVICE:
+        # purges and audited reads are written by audit itself; nobody may forge them
+        errs.add(
+            f"{where}.action" if action.startswith(OWN_PREFIX) else f"{where}.service",
+            "is reserved for audit",
+        )
     occur = e.occur_time
     seconds, nanos = occur.seconds, occur.nanos
     if seconds <= 0 and nanos <= 0:
