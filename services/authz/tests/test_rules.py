@@ -509,3 +509,19 @@ async def test_role_matrix_through_the_api_is_exact(authz):
             )
             held = {c for c, r in zip(every, batch.results, strict=True) if r.allowed}
             assert held == cumulative(table, role), (kind, role)
+
+
+async def test_batch_honours_the_strictest_item_consistency(authz):
+    stub, _, svc, _ = authz
+    revision = await write(stub, svc, "workspace:w#viewer@user:u")
+    late = R.Consistency(at_least_revision=revision + 10)
+    items = [check_req("u", "workspace:w", "chat"), check_req("u", "workspace:w", "chat", consistency=late)]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CheckCapabilities(pb.CheckCapabilitiesRequest(items=items), metadata=svc, timeout=0.4)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    # the batch's own requirement overrides the items'
+    answer = await stub.CheckCapabilities(
+        pb.CheckCapabilitiesRequest(items=items, consistency=R.Consistency(at_least_revision=revision)),
+        metadata=svc,
+    )
+    assert [r.allowed for r in answer.results] == [True, True]

@@ -196,7 +196,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
     async def CheckCapabilities(self, request, context):
         if len(request.items) > MAX_BATCH:
             raise errors.InvalidArgument.field("items", f"at most {MAX_BATCH} checks per call")
-        await self._consistent(request.consistency, context)
+        await self._consistent(_batch_consistency(request), context)
         results = [self._check(item, f"items[{i}].") for i, item in enumerate(request.items)]
         return pb.CheckCapabilitiesResponse(results=results, revision=self.index.revision)
 
@@ -569,6 +569,22 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                 since = revision
             response.revision = since
             yield response
+
+
+def _batch_consistency(request) -> decision_pb2.Consistency:
+    """The batch's requirement; without one, the strictest of the items' (never a staler answer
+    than an item asked for): fully consistent if any item is, else the highest revision asked."""
+    if request.HasField("consistency"):
+        return request.consistency
+    kinds = [item.consistency.WhichOneof("requirement") for item in request.items]
+    if "fully_consistent" in kinds:
+        return decision_pb2.Consistency(fully_consistent=True)
+    revisions = [
+        item.consistency.at_least_revision for item, k in zip(request.items, kinds, strict=True) if k
+    ]
+    if revisions and max(revisions) > 0:
+        return decision_pb2.Consistency(at_least_revision=max(revisions))
+    return decision_pb2.Consistency()
 
 
 def _key(t: m.Tuple) -> tuple:
