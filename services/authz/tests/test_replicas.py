@@ -92,3 +92,86 @@ async def test_without_a_revision_the_other_replica_converges_quickly(replicas):
         lags.append(time.monotonic() - started)
     # PostgreSQL: woken by NOTIFY (its fallback poll is 1 s); SQLite: polled every 50 ms.
     assert max(lags) < 0.9, lags
+
+
+@pytest.fixture
+def two_processes(tmp_path, database_url):
+    """Two authz servers as real OS processes (``bench/authz_server.py authz``: the production
+    ``build`` trusting a test key instead of identity's JWKS) on one database."""
+    import json
+    import os
+    import pathlib
+    import selectors
+    import subprocess
+    import sys
+
+    from gatehouse.kit.keys import public_jwk
+    from gatehouse.kit.migrations import upgrade_to_head
+    from gatehouse_authz.server import MIGRATIONS
+
+    upgrade_to_head(MIGRATIONS, database_url)  # once, before two processes race to migrate
+    mint = TokenMint()
+    script = pathlib.Path(__file__).resolve().parents[3] / "bench" / "authz_server.py"
+    procs, ports = [], []
+    try:
+        for name in ("a", "b"):
+            env = {
+                **os.environ,
+                "BENCH_JWK": json.dumps(public_jwk(mint.key)),
+                "GATEHOUSE_LISTEN_ADDRESS": "127.0.0.1:0",
+                "GATEHOUSE_DATA_DIR": str(tmp_path / name),
+                "GATEHOUSE_DATABASE_URL": database_url,
+            }
+            proc = subprocess.Popen(
+                [sys.executable, str(script), "authz"], env=env, stdout=subprocess.PIPE, text=True
+            )
+            procs.append(proc)
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(60), "authz process did not start"
+            ports.append(json.loads(proc.stdout.readline())["port"])
+        yield ports, mint.md(mint.service())
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+async def test_two_processes_on_one_database(two_processes):
+    (port_a, port_b), svc = two_processes
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{port_a}") as ca,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port_b}") as cb,
+    ):
+        a, b = authz_service_pb2_grpc.AuthzServiceStub(ca), authz_service_pb2_grpc.AuthzServiceStub(cb)
+        revision = await write(a, svc, "workspace:w#owner@user:p")
+        answer = await b.CheckCapability(
+            check_req(
+                "p",
+                "workspace:w",
+                "delete:workspace",
+                consistency=decision_pb2.Consistency(at_least_revision=revision),
+            ),
+            metadata=svc,
+            timeout=2,
+        )
+        assert answer.allowed and answer.revision >= revision
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await b.CheckCapability(
+                check_req(
+                    "p",
+                    "workspace:w",
+                    "chat",
+                    consistency=decision_pb2.Consistency(at_least_revision=revision + 9),
+                ),
+                metadata=svc,
+                timeout=0.5,
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 0.5 + 0.3
