@@ -525,3 +525,34 @@ async def test_batch_honours_the_strictest_item_consistency(authz):
         metadata=svc,
     )
     assert [r.allowed for r in answer.results] == [True, True]
+
+
+async def test_forbidden_or_bad_requests_are_refused_before_any_wait(authz):
+    stub, mint, svc, _ = authz
+    far = R.Consistency(at_least_revision=10_000)
+    started = time.monotonic()
+    request = check_req("someone_else", "workspace:w", "chat", consistency=far)
+    assert await code_of(stub.CheckCapability(request, metadata=mint.md(mint.user("me")), timeout=2)) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    bad = pb.CheckCapabilitiesRequest(items=[check_req("u", "workspace:", "chat")], consistency=far)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CheckCapabilities(bad, metadata=svc, timeout=2)
+    assert [v.field for v in bad_request(info.value).field_violations] == ["items[0].resource.id"]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_state_updates_are_validated(authz):
+    stub, _, svc, _ = authz
+    updates = [
+        state_update(subject_state=relationship_pb2.SubjectState(subject=sub("robot:r"), disabled=True)),
+        state_update(resource_state=relationship_pb2.ResourceState(resource=ref("galaxy:g"), deleted=True)),
+        state_update(resource_settings=relationship_pb2.ResourceSettings(resource=ref("workspace:w"))),
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.WriteRelationships(pb.WriteRelationshipsRequest(updates=updates), metadata=svc)
+    assert [v.field for v in bad_request(info.value).field_violations] == [
+        "updates[0].subject_state.subject.type",
+        "updates[1].resource_state.resource.type",
+        "updates[2].resource_settings.resource",
+    ]

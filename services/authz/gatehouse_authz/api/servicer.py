@@ -107,7 +107,8 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                 f"{field}capability", f"unknown capability {exc} for this resource type"
             ) from None
 
-    def _check(self, item: pb.CheckCapabilityRequest, field: str = "") -> pb.CheckCapabilityResponse:
+    def _admit(self, item: pb.CheckCapabilityRequest, field: str = "") -> tuple[m.Ref, m.Ref]:
+        """Validate one check and apply the caller rules; returns (subject, resource)."""
         s, r = item.subject, item.resource
         subject, resource = (s.type, s.id), (r.type, r.id)
         if not (s.id and r.type and r.id and item.capability and s.type in m.SUBJECT_TYPES):
@@ -117,6 +118,10 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             errs.require(bool(item.capability), f"{field}capability", "is required")
             errs.raise_if_any()
         self._authorize_subject(subject)
+        return subject, resource
+
+    def _check(self, item: pb.CheckCapabilityRequest, field: str = "") -> pb.CheckCapabilityResponse:
+        subject, resource = self._admit(item, field)
         amr = tuple(item.authentication_context.amr)
         decision = self._evaluate(self.index.check, subject, resource, item.capability, amr, field=field)
         answer = pb.CheckCapabilityResponse(
@@ -190,13 +195,19 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
 
     # ---- checks -----------------------------------------------------------
     async def CheckCapability(self, request, context):
-        await self._consistent(request.consistency, context)
+        if request.HasField("consistency"):
+            self._admit(request)  # a bad or forbidden request is refused before any wait
+            await self._consistent(request.consistency, context)
         return self._check(request)
 
     async def CheckCapabilities(self, request, context):
         if len(request.items) > MAX_BATCH:
             raise errors.InvalidArgument.field("items", f"at most {MAX_BATCH} checks per call")
-        await self._consistent(_batch_consistency(request), context)
+        consistency = _batch_consistency(request)
+        if consistency.WhichOneof("requirement"):
+            for i, item in enumerate(request.items):
+                self._admit(item, f"items[{i}].")
+            await self._consistent(consistency, context)
         results = [self._check(item, f"items[{i}].") for i, item in enumerate(request.items)]
         return pb.CheckCapabilitiesResponse(results=results, revision=self.index.revision)
 
@@ -273,11 +284,12 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             )
             return (op, t) if self._valid_tuple(t, f"{where}.relationship", errs) else None
         if kind == "subject_state":
-            return op, m.State(
-                "disabled",
-                f"{u.subject_state.subject.type}:{u.subject_state.subject.id}",
-                "1" if u.subject_state.disabled else "0",
-            )
+            ref = u.subject_state.subject
+            before = len(errs.violations)
+            _subject(ref, f"{where}.subject_state.subject", errs)
+            if len(errs.violations) > before:
+                return None
+            return op, m.State("disabled", f"{ref.type}:{ref.id}", "1" if u.subject_state.disabled else "0")
         if kind == "membership_state":
             ms = u.membership_state
             status = STATUS.get(ms.status)
@@ -286,11 +298,24 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                 return None
             return op, m.State("membership", f"{ms.organization_id}|{ms.user_id}", status or m.ACTIVE)
         if kind == "resource_state":
-            rs = u.resource_state
-            return op, m.State("deleted", f"{rs.resource.type}:{rs.resource.id}", "1" if rs.deleted else "0")
+            ref = u.resource_state.resource
+            before = len(errs.violations)
+            _ref(ref, f"{where}.resource_state.resource", errs)
+            if ref.type:
+                errs.require(
+                    self.index.catalog.type(ref.type) is not None,
+                    f"{where}.resource_state.resource.type",
+                    f"unknown resource type {ref.type!r}",
+                )
+            if len(errs.violations) > before:
+                return None
+            return op, m.State("deleted", f"{ref.type}:{ref.id}", "1" if u.resource_state.deleted else "0")
         if kind == "resource_settings":
-            rs = u.resource_settings
-            return op, m.State("require_mfa", rs.resource.id, "1" if rs.require_mfa else "0")
+            ref = u.resource_settings.resource
+            if ref.type != "organization" or not ref.id:
+                errs.add(f"{where}.resource_settings.resource", "must be an organization (type and id)")
+                return None
+            return op, m.State("require_mfa", ref.id, "1" if u.resource_settings.require_mfa else "0")
         errs.add(where, "needs an item")
         return None
 
