@@ -49,6 +49,8 @@ ROLE_TUPLES = (
     ]
     + [m.Tuple("organization", o, "admin", "group", g) for o in ORGS for g in GROUPS]
     + [m.Tuple("group", g, "member", "user", u) for g in GROUPS for u in USERS]
+    # a workspace without a parent, which comes and goes entirely
+    + [m.Tuple("workspace", "w9", r, "user", u) for r in ("viewer", "admin") for u in USERS]
     + [m.Tuple("dataset", d, "member", "user", u) for d in DATASETS for u in USERS]
     + [
         m.Tuple("platform", "platform", r, "user", u)
@@ -81,7 +83,7 @@ STATES = (
     + [m.State("require_mfa", o) for o in ORGS]
 )
 RESOURCES = (
-    [("workspace", w) for w in WORKSPACES]
+    [("workspace", w) for w in [*WORKSPACES, "w9"]]
     + [("dataset", d) for d in DATASETS]
     + [("organization", o) for o in ORGS]
     + [("platform", "platform")]

@@ -317,3 +317,10 @@ def test_explain_names_the_path_and_the_reasons(world):
     assert world.explain(("user", "u"), ("dataset", "d"), "read")[0].description == (
         "workspace:w is deleted (a parent of dataset:d)"
     )
+
+
+def test_platform_admin_lookup_forgets_removed_resources(world):
+    put(world, rel("platform:platform#platform_admin@user:p"), rel("workspace:gone#viewer@user:u"))
+    assert "gone" in world.lookup_resources(("user", "p"), "workspace", "chat")
+    world.apply([m.Change("delete", rel("workspace:gone#viewer@user:u"))], world.revision + 1)
+    assert world.lookup_resources(("user", "p"), "workspace", "chat") == ["w", "w2"]

@@ -358,7 +358,9 @@ class Index:
     ) -> list[str]:
         self.validate(rtype, capability)
         if self.is_platform_admin(subject):
-            candidates = {(rtype, rid) for rid in self.by_type.get(rtype, ())}
+            # Everything of the type that still has a relationship (ids seen once and since removed
+            # entirely, e.g. purged workspaces, are not resources any more).
+            candidates = {ref for rid in self.by_type.get(rtype, ()) if self._exists(ref := (rtype, rid))}
         else:
             candidates = self._reachable(subject, rtype)
         if parent is not None:
@@ -366,6 +368,9 @@ class Index:
         return sorted(
             rid for (t, rid) in candidates if self.check(subject, (t, rid), capability, amr).allowed
         )
+
+    def _exists(self, ref: m.Ref) -> bool:
+        return ref in self.roles or ref in self.parent or ref in self.children or ref in self.grants
 
     def _reachable(self, subject: m.Ref, rtype: str) -> set[m.Ref]:
         """Resources of ``rtype`` where some role or grant of the subject may apply.
