@@ -42,6 +42,47 @@ async def serve_noop() -> None:
     await server.wait_for_termination()
 
 
+class LeanInterceptor(grpc.aio.ServerInterceptor):
+    """One interceptor doing what CoreInterceptor + AuthInterceptor do on the success path."""
+
+    def __init__(self, verify):
+        self.verify = verify
+
+    async def intercept_service(self, continuation, details):
+        from gatehouse.kit import errors
+        from gatehouse.kit.context import principal_var, request_id_var
+        from gatehouse.kit.ids import new_id
+        from gatehouse.kit.interceptors import parse_bearer
+        from gatehouse.kit.status import to_grpc_status, to_rpc_status
+
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        header = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        inner, verify = handler.unary_unary, self.verify
+
+        async def call(request, context):
+            request_id = new_id()
+            context.set_trailing_metadata((("x-request-id", request_id),))
+            rid = request_id_var.set(request_id)
+            try:
+                who = principal_var.set(await verify(parse_bearer(header)))
+                try:
+                    return await inner(request, context)
+                finally:
+                    principal_var.reset(who)
+            except errors.GatehouseError as exc:
+                await context.abort_with_status(to_grpc_status(to_rpc_status(exc)))
+            finally:
+                request_id_var.reset(rid)
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 async def serve_authz() -> None:
     from gatehouse.kit.app import build_server
     from gatehouse.kit.auth import JwksCache, TokenVerifier
@@ -73,6 +114,23 @@ async def serve_authz() -> None:
         found["follower"] = next(h.__self__ for h in spec.on_start if getattr(h, "__name__", "") == "load")
         return spec
 
+    if os.environ.get("BENCH_CHAIN") == "lean":
+        # Measurement variant (a proposal for the kit, not what runs in production): request id,
+        # token check, principal and error mapping in ONE interceptor without telemetry, to show
+        # what the per-call chain costs compared with the kit's three nested interceptors.
+        from gatehouse.kit.app import Runtime
+
+        spec = bench_build(settings, Runtime(settings))
+        server = grpc.aio.server(interceptors=[LeanInterceptor(spec.verifier)])
+        spec.register(server)
+        port = server.add_insecure_port(settings.listen_address)
+        await server.start()
+        for hook in spec.on_start:
+            await hook()
+        background = [asyncio.create_task(hook()) for hook in spec.background]
+        print(json.dumps({"port": port, "load_seconds": found["follower"].load_seconds}), flush=True)
+        await asyncio.Event().wait()
+        del background
     if os.environ.get("BENCH_TELEMETRY", "1") == "0":
         # Measurement variant: the same server without the kit's telemetry interceptor.
         from gatehouse.kit.app import Runtime

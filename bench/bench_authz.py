@@ -374,6 +374,14 @@ async def main(args) -> dict:
             "kit_noop": ("no-op behind the kit chain   ", a, NOOP_METHOD, payloads, args.concurrency),
             "batch": (f"CheckCapabilities({args.batch}) x{batch_conc}  ", a, BATCH, batches, batch_conc),
         }
+        if args.variants:  # measurement variants of the interceptor chain (see bench/authz_server.py)
+            for key, label, extra in (
+                ("check_no_telemetry", "CheckCapability, no telemetry ", {"BENCH_TELEMETRY": "0"}),
+                ("check_lean_chain", "CheckCapability, lean chain  ", {"BENCH_CHAIN": "lean"}),
+            ):
+                variant = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url, **extra})
+                servers.append(variant)
+                phases[key] = (label, variant, CHECK, payloads, args.concurrency)
         # Interleaved rounds: the machine is shared, so each ratio compares phases run moments apart
         # and the figures below are the medians over the rounds.
         rounds: dict[str, list[dict]] = {name: [] for name in phases}
@@ -387,6 +395,11 @@ async def main(args) -> dict:
         results["ratio_single"] = statistics.median(
             c["rps"] / n["rps"] for c, n in zip(rounds["check_small"], rounds["noop"], strict=True)
         )
+        for key in ("check_no_telemetry", "check_lean_chain"):
+            if key in rounds:
+                results[f"ratio_{key}"] = statistics.median(
+                    c["rps"] / n["rps"] for c, n in zip(rounds[key], rounds["noop"], strict=True)
+                )
         results["ratio_batch"] = statistics.median(
             b_["rps"] * args.batch / c["rps"]
             for b_, c in zip(rounds["batch"], rounds["check_small"], strict=True)
@@ -470,6 +483,12 @@ async def main(args) -> dict:
     print(
         f"  single check / no-op throughput        {r['ratio_single']:.2f}x   (target >= 0.8x; median of {args.rounds} rounds)"
     )
+    for key, label in (
+        ("check_no_telemetry", "without telemetry"),
+        ("check_lean_chain", "one lean interceptor"),
+    ):
+        if f"ratio_{key}" in r:
+            print(f"    variant {label:22s}     {r[f'ratio_{key}']:.2f}x")
     print(f"  batch({args.batch}) checks/s / single checks/s  {r['ratio_batch']:.1f}x   (target >= 30x)")
     print(
         f"  check p99 large / small                {r['ratio_p99']:.2f}x   "
@@ -507,6 +526,11 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=100, help="items per CheckCapabilities call")
     p.add_argument("--probes", type=int, default=100, help="writes measured for cross-replica visibility")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="also measure authz without the telemetry interceptor and with one lean interceptor",
+    )
     args = p.parse_args(argv)
     if args.full:
         args.large = 100_000
