@@ -30,6 +30,7 @@ from gatehouse_authz.adapters.store import NOTIFY_CHANNEL, Store
 from gatehouse_authz.domain.index import Index
 
 log = logging.getLogger("gatehouse.authz.follower")
+FREEZE_ABOVE = 50_000  # rows loaded at start from which the index is moved out of the GC's sight
 
 
 async def shielded(coro):
@@ -66,10 +67,11 @@ class Follower:
     async def load(self) -> None:
         started = time.perf_counter()
         revision, count = await self.store.load_into(self.index)
-        # The index is millions of long-lived objects: keep the cyclic garbage collector from
-        # walking them on every full collection (pauses of tens of ms at a million relationships).
-        gc.collect()
-        gc.freeze()
+        if count >= FREEZE_ABOVE:
+            # A large index is millions of long-lived objects: keep the cyclic garbage collector
+            # from walking them on every full collection (pauses of tens of ms at a million rows).
+            gc.collect()
+            gc.freeze()
         self.load_seconds = time.perf_counter() - started
         log.info("index loaded: %d items at revision %d in %.2fs", count, revision, self.load_seconds)
 
