@@ -42,45 +42,99 @@ async def serve_noop() -> None:
     await server.wait_for_termination()
 
 
+def scoped(inner, verify, header_of):
+    """The per-call work of the kit's Core + Auth interceptors on the success path, as one coroutine:
+    request id, bearer token → principal, domain errors → status. ``header_of(context)`` gives the
+    authorization header."""
+    from gatehouse.kit import errors
+    from gatehouse.kit.context import principal_var, request_id_var
+    from gatehouse.kit.ids import new_id
+    from gatehouse.kit.interceptors import parse_bearer
+    from gatehouse.kit.status import to_grpc_status, to_rpc_status
+
+    async def call(request, context):
+        request_id = new_id()
+        context.set_trailing_metadata((("x-request-id", request_id),))
+        rid = request_id_var.set(request_id)
+        try:
+            who = principal_var.set(await verify(parse_bearer(header_of(context))))
+            try:
+                return await inner(request, context)
+            finally:
+                principal_var.reset(who)
+        except errors.GatehouseError as exc:
+            await context.abort_with_status(to_grpc_status(to_rpc_status(exc)))
+        finally:
+            request_id_var.reset(rid)
+
+    return call
+
+
+def _authorization(metadata) -> str | None:
+    return next((v for k, v in metadata or () if k == "authorization"), None)
+
+
 class LeanInterceptor(grpc.aio.ServerInterceptor):
-    """One interceptor doing what CoreInterceptor + AuthInterceptor do on the success path."""
+    """Variant ``lean``: one interceptor doing what CoreInterceptor + AuthInterceptor do."""
 
     def __init__(self, verify):
         self.verify = verify
 
     async def intercept_service(self, continuation, details):
-        from gatehouse.kit import errors
-        from gatehouse.kit.context import principal_var, request_id_var
-        from gatehouse.kit.ids import new_id
-        from gatehouse.kit.interceptors import parse_bearer
-        from gatehouse.kit.status import to_grpc_status, to_rpc_status
-
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        header = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
-        inner, verify = handler.unary_unary, self.verify
-
-        async def call(request, context):
-            request_id = new_id()
-            context.set_trailing_metadata((("x-request-id", request_id),))
-            rid = request_id_var.set(request_id)
-            try:
-                who = principal_var.set(await verify(parse_bearer(header)))
-                try:
-                    return await inner(request, context)
-                finally:
-                    principal_var.reset(who)
-            except errors.GatehouseError as exc:
-                await context.abort_with_status(to_grpc_status(to_rpc_status(exc)))
-            finally:
-                request_id_var.reset(rid)
-
+        header = _authorization(details.invocation_metadata)
         return grpc.unary_unary_rpc_method_handler(
-            call,
+            scoped(handler.unary_unary, self.verify, lambda _context: header),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class WrappingRegistrar:
+    """Variant ``registered``: no interceptor at all; each unary handler is wrapped ONCE when the
+    servicer is registered, so grpc.aio keeps its fast path (no per-call handler lookup in Python)."""
+
+    def __init__(self, server: grpc.aio.Server, verify):
+        self.server, self.verify = server, verify
+
+    def _wrap(self, handlers: dict) -> dict:
+        def header_of(context):
+            return _authorization(context.invocation_metadata())
+
+        return {
+            name: grpc.unary_unary_rpc_method_handler(
+                scoped(h.unary_unary, self.verify, header_of),
+                request_deserializer=h.request_deserializer,
+                response_serializer=h.response_serializer,
+            )
+            if h.unary_unary is not None
+            else h
+            for name, h in handlers.items()
+        }
+
+    def add_generic_rpc_handlers(self, generic_handlers) -> None:
+        pass  # the same handlers arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        wrapped = self._wrap(handlers)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self.server.add_registered_method_handlers(service, wrapped)
+
+
+async def _serve_variant(server, spec, settings, found) -> None:
+    port = server.add_insecure_port(settings.listen_address)
+    await server.start()
+    for hook in spec.on_start:
+        await hook()
+    background = [asyncio.create_task(hook()) for hook in spec.background]
+    print(json.dumps({"port": port, "load_seconds": found["follower"].load_seconds}), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for task in background:
+            task.cancel()
 
 
 async def serve_authz() -> None:
@@ -123,14 +177,14 @@ async def serve_authz() -> None:
         spec = bench_build(settings, Runtime(settings))
         server = grpc.aio.server(interceptors=[LeanInterceptor(spec.verifier)])
         spec.register(server)
-        port = server.add_insecure_port(settings.listen_address)
-        await server.start()
-        for hook in spec.on_start:
-            await hook()
-        background = [asyncio.create_task(hook()) for hook in spec.background]
-        print(json.dumps({"port": port, "load_seconds": found["follower"].load_seconds}), flush=True)
-        await asyncio.Event().wait()
-        del background
+        await _serve_variant(server, spec, settings, found)
+    if os.environ.get("BENCH_CHAIN") == "registered":
+        from gatehouse.kit.app import Runtime
+
+        spec = bench_build(settings, Runtime(settings))
+        server = grpc.aio.server()
+        spec.register(WrappingRegistrar(server, spec.verifier))
+        await _serve_variant(server, spec, settings, found)
     if os.environ.get("BENCH_TELEMETRY", "1") == "0":
         # Measurement variant: the same server without the kit's telemetry interceptor.
         from gatehouse.kit.app import Runtime

@@ -378,6 +378,7 @@ async def main(args) -> dict:
             for key, label, extra in (
                 ("check_no_telemetry", "CheckCapability, no telemetry ", {"BENCH_TELEMETRY": "0"}),
                 ("check_lean_chain", "CheckCapability, lean chain  ", {"BENCH_CHAIN": "lean"}),
+                ("check_registered", "CheckCapability, no intercept", {"BENCH_CHAIN": "registered"}),
             ):
                 variant = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url, **extra})
                 servers.append(variant)
@@ -395,7 +396,7 @@ async def main(args) -> dict:
         results["ratio_single"] = statistics.median(
             c["rps"] / n["rps"] for c, n in zip(rounds["check_small"], rounds["noop"], strict=True)
         )
-        for key in ("check_no_telemetry", "check_lean_chain"):
+        for key in ("check_no_telemetry", "check_lean_chain", "check_registered"):
             if key in rounds:
                 results[f"ratio_{key}"] = statistics.median(
                     c["rps"] / n["rps"] for c, n in zip(rounds[key], rounds["noop"], strict=True)
@@ -529,7 +530,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants",
         action="store_true",
-        help="also measure authz without the telemetry interceptor and with one lean interceptor",
+        help="also measure authz without the telemetry interceptor, with one lean interceptor, and with "
+        "handlers wrapped at registration (no interceptor)",
     )
     args = p.parse_args(argv)
     if args.full:
