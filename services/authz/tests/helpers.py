@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import astuple
 
+import grpc
+import pytest
+
 from gatehouse.authz.v1 import authz_service_pb2 as pb
-from gatehouse.authz.v1 import relationship_pb2
+from gatehouse.authz.v1 import decision_pb2, relationship_pb2
 from gatehouse.kit.app import build_server
+from gatehouse.kit.status import error_info
 from gatehouse.testing.servers import settings_for
 from gatehouse.type.v1 import refs_pb2
 from gatehouse_authz.domain import model as m
@@ -100,3 +105,44 @@ async def all_pages(fetch, items, limit: int = 50) -> list:
         if not token:
             return out
     raise AssertionError(f"more than {limit} pages")
+
+
+async def write(stub, svc, *texts) -> int:
+    request = pb.WriteRelationshipsRequest(updates=touch(*texts))
+    return (await stub.WriteRelationships(request, metadata=svc)).revision
+
+
+async def seen_at_revision(writer, reader, svc, user: str) -> None:
+    """A write through ``writer`` is allowed by ``reader`` when asked at the write's revision."""
+    revision = await write(writer, svc, f"workspace:w#admin@user:{user}")
+    answer = await reader.CheckCapability(
+        check_req(
+            user,
+            "workspace:w",
+            "manage:members",
+            consistency=decision_pb2.Consistency(at_least_revision=revision),
+        ),
+        metadata=svc,
+        timeout=2,
+    )
+    assert answer.allowed and answer.revision >= revision
+
+
+async def unreached_revision_is_unavailable(writer, reader, svc) -> None:
+    """A revision that never arrives: UNAVAILABLE (REVISION_NOT_REACHED) within the deadline."""
+    revision = await write(writer, svc, "workspace:w#viewer@user:u")
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await reader.CheckCapability(
+            check_req(
+                "u",
+                "workspace:w",
+                "chat",
+                consistency=decision_pb2.Consistency(at_least_revision=revision + 50),
+            ),
+            metadata=svc,
+            timeout=0.5,
+        )
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(info.value).reason == "REVISION_NOT_REACHED"
+    assert time.monotonic() - started < 0.5 + 0.3

@@ -13,10 +13,15 @@ import grpc
 import pytest
 
 from gatehouse.authz.v1 import authz_service_pb2 as pb
-from gatehouse.authz.v1 import authz_service_pb2_grpc, decision_pb2
-from gatehouse.kit.status import error_info
+from gatehouse.authz.v1 import authz_service_pb2_grpc
 from gatehouse.testing.tokens import TokenMint
-from services.authz.tests.helpers import check_req, start_authz, touch
+from services.authz.tests.helpers import (
+    check_req,
+    seen_at_revision,
+    start_authz,
+    touch,
+    unreached_revision_is_unavailable,
+)
 
 
 @pytest.fixture
@@ -38,42 +43,6 @@ async def write(stub, svc, *texts) -> int:
     return (
         await stub.WriteRelationships(pb.WriteRelationshipsRequest(updates=touch(*texts)), metadata=svc)
     ).revision
-
-
-async def seen_at_revision(writer, reader, svc, user: str) -> None:
-    """A write through ``writer`` is allowed by ``reader`` when asked at the write's revision."""
-    revision = await write(writer, svc, f"workspace:w#admin@user:{user}")
-    answer = await reader.CheckCapability(
-        check_req(
-            user,
-            "workspace:w",
-            "manage:members",
-            consistency=decision_pb2.Consistency(at_least_revision=revision),
-        ),
-        metadata=svc,
-        timeout=2,
-    )
-    assert answer.allowed and answer.revision >= revision
-
-
-async def unreached_revision_is_unavailable(writer, reader, svc) -> None:
-    """A revision that never arrives: UNAVAILABLE (REVISION_NOT_REACHED) within the deadline."""
-    revision = await write(writer, svc, "workspace:w#viewer@user:u")
-    started = time.monotonic()
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await reader.CheckCapability(
-            check_req(
-                "u",
-                "workspace:w",
-                "chat",
-                consistency=decision_pb2.Consistency(at_least_revision=revision + 50),
-            ),
-            metadata=svc,
-            timeout=0.5,
-        )
-    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert error_info(info.value).reason == "REVISION_NOT_REACHED"
-    assert time.monotonic() - started < 0.5 + 0.3
 
 
 async def test_a_write_through_one_is_seen_by_the_other_at_its_revision(replicas):

@@ -9,7 +9,14 @@ from gatehouse.authz.v1 import authz_service_pb2 as pb
 from gatehouse.authz.v1 import decision_pb2, relationship_pb2
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.type.v1 import refs_pb2
-from services.authz.tests.helpers import active, all_pages, check_req, seed, touch
+from services.authz.tests.helpers import (
+    active,
+    all_pages,
+    check_req,
+    seed,
+    touch,
+    unreached_revision_is_unavailable,
+)
 
 
 async def test_write_then_check_and_explain(authz):
@@ -132,19 +139,7 @@ async def test_idempotent_write_and_atomic_precondition(authz):
 
 async def test_revision_not_reached_is_unavailable_never_stale(authz):
     stub, _, svc, _ = authz
-    revision = await seed(stub, svc)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.CheckCapability(
-            check_req(
-                "alice",
-                "workspace:w",
-                "chat",
-                consistency=decision_pb2.Consistency(at_least_revision=revision + 100),
-            ),
-            metadata=svc,
-            timeout=0.5,
-        )
-    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    await unreached_revision_is_unavailable(stub, stub, svc)
 
 
 async def test_lookup_resources_is_complete_across_pages(authz):
