@@ -185,6 +185,25 @@ async def serve_authz() -> None:
         server = grpc.aio.server()
         spec.register(WrappingRegistrar(server, spec.verifier))
         await _serve_variant(server, spec, settings, found)
+    if os.environ.get("BENCH_SAMPLER") == "off":
+        # Measurement variant: the kit's interceptors as they are, but spans not recorded (sampler
+        # ALWAYS_OFF: trace ids still made and propagated, nothing kept) — what exporter "none" could do.
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+        from gatehouse.kit.app import Runtime
+        from gatehouse.kit.server import GatehouseServer
+
+        runtime = Runtime(settings)
+        runtime.telemetry.tracer_provider = TracerProvider(sampler=ALWAYS_OFF)
+        spec = bench_build(settings, runtime)
+        server = GatehouseServer(
+            settings, spec, verifier=spec.verifier, extra_interceptors=runtime.server_interceptors()
+        )
+        port = await server.start()
+        await server.wait_started()
+        print(json.dumps({"port": port, "load_seconds": found["follower"].load_seconds}), flush=True)
+        await asyncio.Event().wait()
     if os.environ.get("BENCH_TELEMETRY", "1") == "0":
         # Measurement variant: the same server without the kit's telemetry interceptor.
         from gatehouse.kit.app import Runtime
