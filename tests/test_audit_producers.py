@@ -11,6 +11,7 @@ the background, audit's ``IngestEvents``; the trail is read back through
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from gatehouse.audit.v1 import audit_event_pb2 as epb
 from gatehouse.audit.v1 import audit_service_pb2 as apb
+from gatehouse.kit.outbox import OutboxRelay
 from gatehouse.tenancy.v1 import organization_service_pb2 as opb
 from gatehouse.tenancy.v1 import resources_pb2 as r
 from gatehouse.tenancy.v1 import setup_service_pb2 as spb
@@ -36,6 +38,11 @@ pytestmark = pytest.mark.timeout(120)
 
 WRONG_PASSWORD = "Not-The-Password-0001"
 RETENTION_DAYS = 90
+# A batch the killed process had claimed for delivery stays leased to it for the relay's lease (the
+# claim keeps two replicas from delivering one entry at once); only then may the restarted process
+# take it. When the kill lands while a delivery attempt is in flight (or its failure not yet written
+# back), the restarted producer needs that long: observed under load with the bootstrap event.
+RESTART_WAIT = inspect.signature(OutboxRelay).parameters["lease"].default + 15.0
 
 # (service, action, outcome) of every event the scripted run produces, with its count. The authz
 # writes are tenancy's relationship deliveries: bootstrap (platform admin + organization owner),
@@ -246,7 +253,9 @@ async def test_audit_down_during_the_run_delays_events_and_loses_none(tmp_path, 
         await second_half(c, run)
         # ... and its events wait in the producers' outboxes, where delivery has been tried
         pending = await c.pending()
-        assert pending["tenancy"] == 5 and pending["identity"] == 1 and pending["authz"] == 3, pending
+        # (tenancy delivers its authz writes right after commit; one that failed would still be queued
+        # in tenancy, so authz's own count is only known to be positive here; the final count is exact)
+        assert pending["tenancy"] == 5 and pending["identity"] == 1 and pending["authz"] >= 1, pending
 
         async def delivery_failed():
             rows = await query(
@@ -303,7 +312,7 @@ async def test_producer_killed_after_commit_delivers_its_event_after_restart(tmp
             created = [e for e in undelivered if e.action == "tenancy.workspace.create"]
             assert len(created) == 1, [e.action for e in undelivered]
             event_id, ws_id = created[0].id, created[0].workspace_id
-            assert ws_id
+            assert [row.id for row in await query(c.tenancy_url, "SELECT id FROM workspaces")] == [ws_id]
 
             await c.audit.start()
             await tenancy.start()
@@ -316,11 +325,12 @@ async def test_producer_killed_after_commit_delivers_its_event_after_restart(tmp
                 )
                 return answer if answer and not await pending_audit(c.tenancy_url) else None
 
-            assert await wait_for(arrived, timeout=20)
+            # nothing is lost: every event the dead process left undelivered arrives
+            assert await wait_for(arrived, timeout=RESTART_WAIT), await _outbox_state(c.tenancy_url)
             # the client's retry answers the same workspace and records nothing new
             again = await workspaces.CreateWorkspace(request, metadata=root, timeout=15)
             assert again.workspace.id == ws_id
-            assert await c.wait_delivered(timeout=20) == {"identity": 0, "authz": 0, "tenancy": 0}
+            assert await c.wait_delivered(timeout=RESTART_WAIT) == {"identity": 0, "authz": 0, "tenancy": 0}
 
             trail = await list_events(c.audit.stub, root, organization_id=org_id)
             assert len({e.id for e in trail}) == len(trail)
@@ -343,3 +353,11 @@ async def _undelivered_events(url: str) -> list:
 
     rows = await query(url, "SELECT payload FROM outbox WHERE topic = 'audit' AND delivered_at IS NULL")
     return [audit_event_pb2.AuditEvent.FromString(bytes(row.payload)) for row in rows]
+
+
+async def _outbox_state(url: str) -> list:
+    """Diagnostics for a failed wait: every audit entry of the producer's outbox."""
+    return await query(
+        url,
+        "SELECT id, attempts, claimed_until, delivered_at, last_error FROM outbox WHERE topic = 'audit'",
+    )
