@@ -133,6 +133,7 @@ class Follower:
         listener = None
         if self.store.db.is_postgres:
             listener = asyncio.create_task(self._listen(), name="authz-listen")
+        failures = 0
         try:
             while True:
                 interval = self.fallback_interval if self.listening else self.poll_interval
@@ -141,9 +142,16 @@ class Follower:
                 self._wake.clear()
                 try:
                     await self.catch_up()
-                except Exception:
-                    log.exception("change log read failed")
-                    await asyncio.sleep(self.poll_interval)
+                    failures = 0
+                except Exception as exc:
+                    # Database unreachable: checks keep answering from the index (and callers who
+                    # asked for a newer revision get UNAVAILABLE); retry with back-off up to 1 s.
+                    failures += 1
+                    if failures == 1:
+                        log.exception("change log read failed")
+                    else:
+                        log.warning("change log read failed again (%d): %s", failures, exc)
+                    await asyncio.sleep(min(1.0, self.poll_interval * 2**failures))
         finally:
             self._running = False
             if listener is not None:
