@@ -10,6 +10,7 @@ the background, audit's ``IngestEvents``; the trail is read back through
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 import signal
@@ -22,6 +23,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from gatehouse.audit.v1 import audit_event_pb2 as epb
 from gatehouse.audit.v1 import audit_service_pb2 as apb
+from gatehouse.identity.v1 import identity_service_pb2 as ipb
 from gatehouse.kit.outbox import OutboxRelay
 from gatehouse.tenancy.v1 import organization_service_pb2 as opb
 from gatehouse.tenancy.v1 import resources_pb2 as r
@@ -38,6 +40,9 @@ pytestmark = pytest.mark.timeout(120)
 
 WRONG_PASSWORD = "Not-The-Password-0001"
 RETENTION_DAYS = 90
+# Deadline of every call of the scripted run: generous for a loaded machine, and below the 10 s
+# deadline of the producers' IngestEvents, so a caller waiting on audit would fail its call.
+CALL_TIMEOUT = 8.0
 # A batch the killed process had claimed for delivery stays leased to it for the relay's lease (the
 # claim keeps two replicas from delivering one entry at once); only then may the restarted process
 # take it. When the kill lands while a delivery attempt is in flight (or its failure not yet written
@@ -109,6 +114,13 @@ class Run:
     ws_id: str = ""
 
 
+async def login(c: Cluster, email: str, password: str = DEFAULT_PASSWORD) -> str:
+    answer = await c.identity.stub.Login(
+        ipb.LoginRequest(email=email, password=password), timeout=CALL_TIMEOUT
+    )
+    return answer.access_token
+
+
 async def bootstrap(setup: setup_service_pb2_grpc.SetupServiceStub) -> spb.BootstrapResponse:
     return await setup.Bootstrap(
         spb.BootstrapRequest(
@@ -117,7 +129,7 @@ async def bootstrap(setup: setup_service_pb2_grpc.SetupServiceStub) -> spb.Boots
             organization_name="Acme",
             organization_slug="acme",
         ),
-        timeout=15,
+        timeout=CALL_TIMEOUT,
     )
 
 
@@ -126,9 +138,9 @@ async def first_half(c: Cluster) -> Run:
     run = Run(start=dt.datetime.now(dt.UTC))
     boot = await bootstrap(c.setup)
     run.org_id, run.root_id = boot.organization.id, boot.admin_user_id
-    run.root = md(await c.identity.login("root@example.com"))
+    run.root = md(await login(c, "root@example.com"))
     with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await c.identity.login("root@example.com", WRONG_PASSWORD)
+        await login(c, "root@example.com", WRONG_PASSWORD)
     assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
     member = await c.orgs.CreateOrganizationMember(
         opb.CreateOrganizationMemberRequest(
@@ -138,7 +150,7 @@ async def first_half(c: Cluster) -> Run:
             role=r.ORG_ROLE_MEMBER,
         ),
         metadata=run.root,
-        timeout=15,
+        timeout=CALL_TIMEOUT,
     )
     run.bob_id = member.member.user_id
     return run
@@ -146,9 +158,11 @@ async def first_half(c: Cluster) -> Run:
 
 async def second_half(c: Cluster, run: Run) -> Run:
     """A workspace, bob added and made a viewer, bob's denied delete, the org's audit retention."""
-    bob = md(await c.identity.login("bob@example.com"))
+    bob = md(await login(c, "bob@example.com"))
     ws = await c.workspaces.CreateWorkspace(
-        wpb.CreateWorkspaceRequest(organization_id=run.org_id, name="Lab"), metadata=run.root, timeout=15
+        wpb.CreateWorkspaceRequest(organization_id=run.org_id, name="Lab"),
+        metadata=run.root,
+        timeout=CALL_TIMEOUT,
     )
     run.ws_id = ws.workspace.id
     await c.workspaces.AddWorkspaceMember(
@@ -158,18 +172,18 @@ async def second_half(c: Cluster, run: Run) -> Run:
             role=r.WORKSPACE_ROLE_MEMBER,
         ),
         metadata=run.root,
-        timeout=15,
+        timeout=CALL_TIMEOUT,
     )
     await c.workspaces.UpdateWorkspaceMember(
         wpb.UpdateWorkspaceMemberRequest(
             workspace_id=run.ws_id, member_id=f"user:{run.bob_id}", role=r.WORKSPACE_ROLE_VIEWER
         ),
         metadata=run.root,
-        timeout=15,
+        timeout=CALL_TIMEOUT,
     )
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await c.workspaces.DeleteWorkspace(
-            wpb.DeleteWorkspaceRequest(workspace_id=run.ws_id), metadata=bob, timeout=15
+            wpb.DeleteWorkspaceRequest(workspace_id=run.ws_id), metadata=bob, timeout=CALL_TIMEOUT
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     update = r.Organization(id=run.org_id)
@@ -180,7 +194,7 @@ async def second_half(c: Cluster, run: Run) -> Run:
             update_mask=field_mask_pb2.FieldMask(paths=["settings.audit_retention_days"]),
         ),
         metadata=run.root,
-        timeout=15,
+        timeout=CALL_TIMEOUT,
     )
     assert answer.organization.settings.audit_retention_days == RETENTION_DAYS
     run.end = dt.datetime.now(dt.UTC)
@@ -285,6 +299,38 @@ async def test_audit_down_during_the_run_delays_events_and_loses_none(tmp_path, 
         ).checked_count == len(org_events)
 
 
+async def test_a_hanging_audit_never_blocks_the_callers(tmp_path):
+    """Audit accepts connections but never answers: every call still completes in CALL_TIMEOUT.
+
+    (SQLite only: no database is involved in whether a caller waits for audit.)
+    """
+    async with running_cluster(tmp_path, start_audit=False) as c:
+        host, port = c.audit.address.rsplit(":", 1)
+        held: list[asyncio.StreamWriter] = []
+
+        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+            await reader.read()  # reads until the relay gives up; never writes a byte
+
+        hole = await asyncio.start_server(swallow, host, int(port))
+        try:
+            # the producers' channels reach the hanging audit (after the reconnect back-off of the
+            # refusals they met before it listened): from now on each IngestEvents hangs until its deadline
+            assert await wait_for(lambda: _true(held)), "no producer reached the hanging audit"
+            run = await second_half(c, await first_half(c))  # each call within CALL_TIMEOUT
+            # tenancy's relay was indeed stuck in IngestEvents meanwhile
+            assert await wait_for(lambda: _deadline_exceeded(c.tenancy_url)), await _outbox_state(
+                c.tenancy_url
+            )
+        finally:
+            hole.close()
+            for writer in held:
+                writer.close()
+            await hole.wait_closed()
+        await c.audit.start()
+        assert_exactly_once(await trail_of(c, run))
+
+
 @pytest.mark.stack
 async def test_producer_killed_after_commit_delivers_its_event_after_restart(tmp_path, urls):
     async with running_cluster(tmp_path, start_audit=False, start_tenancy=False, **urls) as c:
@@ -361,3 +407,16 @@ async def _outbox_state(url: str) -> list:
         url,
         "SELECT id, attempts, claimed_until, delivered_at, last_error FROM outbox WHERE topic = 'audit'",
     )
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+async def _deadline_exceeded(url: str) -> int:
+    """Audit entries whose last delivery attempt ran into its deadline."""
+    rows = await query(
+        url,
+        "SELECT count(*) FROM outbox WHERE topic = 'audit' AND last_error LIKE '%DEADLINE_EXCEEDED%'",
+    )
+    return rows[0][0]
