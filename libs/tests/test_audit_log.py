@@ -121,3 +121,39 @@ async def test_request_context_reaches_the_event(tmp_path):
     assert event.source_address == "203.0.113.9"
     assert event.user_agent == "curl/8.5"
     assert (event.actor.type, event.actor.id) == ("user", "u42")
+
+
+async def test_a_relay_that_died_mid_delivery_releases_its_batch_within_seconds(database_url):
+    """The claim of a relay killed mid-delivery lapses after the delivery deadline + 5 s, not 30 s."""
+    import asyncio
+    import time
+
+    import grpc
+
+    db = await _db(database_url)
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: only claims are exercised
+    try:
+        async with db.unit_of_work() as uow:
+            event_id = await audit_log.record(
+                uow.session, service="tenancy", action="tenancy.workspace.create"
+            )
+            await uow.commit()
+
+        async def no_token():
+            return None
+
+        dead = audit_log.audit_relay(db, channel, no_token, timeout=0.5)
+        survivor = audit_log.audit_relay(db, channel, no_token, timeout=0.5)
+        assert dead.lease == 5.5
+        claimed_at = time.monotonic()
+        assert [e.id for e in await dead._claim()] == [event_id]  # ... and the process dies here
+        assert await survivor._claim() == []  # still leased to the dead relay
+        taken = []
+        while not taken and time.monotonic() - claimed_at < 10:
+            await asyncio.sleep(0.25)
+            taken = await survivor._claim()
+        assert [e.id for e in taken] == [event_id]
+        assert time.monotonic() - claimed_at < 7
+    finally:
+        await channel.close()
+        await db.dispose()

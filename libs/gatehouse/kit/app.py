@@ -15,6 +15,14 @@ from gatehouse.kit.server import GatehouseServer, ServiceSpec, serve_until_signa
 
 SpecBuilder = Callable[[Settings, "Runtime"], ServiceSpec]
 
+# gRPC's default reconnect back-off grows to 120 s; a peer that was down for a while
+# (audit, authz) is then noticed late. Cap it so relays and checks recover within seconds.
+PEER_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 
 class Runtime:
     """What a service's builder gets besides settings: telemetry and peer channels."""
@@ -32,7 +40,9 @@ class Runtime:
         import grpc
 
         return grpc.aio.insecure_channel(
-            self.settings.address_of(peer), interceptors=list(self._client_interceptors)
+            self.settings.address_of(peer),
+            interceptors=list(self._client_interceptors),
+            options=PEER_CHANNEL_OPTIONS,
         )
 
     def service_tokens(self):

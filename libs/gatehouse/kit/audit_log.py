@@ -176,4 +176,7 @@ def audit_relay(
             raise
 
     relay_options.setdefault("batch_size", 500)
+    # A claim outlives one delivery attempt only briefly: if the process dies mid-delivery,
+    # another relay (or this one after a restart) takes the entries over within seconds.
+    relay_options.setdefault("lease", timeout + 5.0)
     return outbox.OutboxRelay(database, TOPIC, deliver, **relay_options)
