@@ -11,7 +11,9 @@ import grpc
 import pytest
 from opentelemetry.trace import SpanKind
 
-from gatehouse.kit.context import request_id_var
+from gatehouse.kit import errors
+from gatehouse.kit.context import Principal, current_principal, current_request_id, request_id_var
+from gatehouse.kit.interceptors import KitInterceptor
 from gatehouse.kit.logs import setup_logging
 from gatehouse.kit.telemetry import (
     ServerTelemetryInterceptor,
@@ -19,6 +21,8 @@ from gatehouse.kit.telemetry import (
     current_trace_id,
     setup_telemetry,
 )
+from gatehouse.testing.servers import TEST_SERVICE as PROBE
+from gatehouse.testing.servers import call, make_server, raw_service
 
 SERVICE = "gatehouse.test.v1.Hop"
 
@@ -144,3 +148,141 @@ def test_otlp_exporter_is_configured_for_traces_and_metrics():
     assert setup_telemetry("probe", "none").tracer_provider._active_span_processor._span_processors == ()
     tel.tracer_provider.shutdown()
     tel.meter_provider.shutdown(timeout_millis=100)
+
+
+# The kit's one server interceptor (telemetry + request id / errors / access log + authentication)
+# through real GatehouseServers: exporter "none" (no SDK span; the trace is still continued and
+# propagated) and "memory" (spans and metrics as before).
+
+KIT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{KIT_TRACE_ID}-00f067aa0ba902b7-01"
+GOOD = ("authorization", "Bearer good")
+
+
+async def accept_good(token: str) -> Principal:
+    # Trivial verifier: these tests are about the interceptor plumbing, not JWTs.
+    if token != "good":
+        raise errors.Unauthenticated("invalid or expired access token", reason="TOKEN_INVALID")
+    return Principal(kind="user", id="u1")
+
+
+async def start_kit(tmp_path, telemetry, methods, public=()):
+    server = make_server(tmp_path, raw_service(methods), verifier=accept_good, public=public)
+    server._extra = [ServerTelemetryInterceptor(telemetry)]
+    port = await server.start()
+    await server.wait_started()
+    return server, port
+
+
+async def whoami(request: bytes, context) -> bytes:
+    principal = current_principal()
+    answer = {"trace": current_trace_id(), "request": current_request_id(), "who": principal.subject}
+    return json.dumps(answer).encode()
+
+
+async def missing(request: bytes, context) -> bytes:
+    raise errors.NotFound("workspace", "w1")
+
+
+@pytest.fixture
+def log_stream():
+    stream = io.StringIO()
+    handler = setup_logging("probe", "INFO", "json", stream=stream)
+    yield stream
+    logging.getLogger().removeHandler(handler)
+
+
+async def test_server_installs_one_interceptor_with_the_telemetry_folded_in(tmp_path):
+    telemetry = setup_telemetry("probe", "none")
+    server = make_server(tmp_path, raw_service({"WhoAmI": whoami}), verifier=accept_good)
+    server._extra = [ServerTelemetryInterceptor(telemetry)]
+    (kit,) = server._interceptors()
+    assert isinstance(kit, KitInterceptor) and kit.core and kit.verify is accept_good
+    assert kit.telemetry is not None
+
+
+async def test_method_handler_is_wrapped_once_and_reused():
+    kit = KitInterceptor(verify=accept_good)
+    handler = grpc.unary_unary_rpc_method_handler(whoami)
+
+    class Details:
+        method = f"/{PROBE}/WhoAmI"
+        invocation_metadata = ()
+
+    async def continuation(details):
+        return handler
+
+    first = await kit.intercept_service(continuation, Details())
+    second = await kit.intercept_service(continuation, Details())
+    assert first is second and first is not handler
+
+
+async def test_exporter_none_continues_the_incoming_trace_without_sdk_spans(tmp_path, log_stream):
+    telemetry = setup_telemetry("probe", "none")
+    server, port = await start_kit(tmp_path, telemetry, {"WhoAmI": whoami})
+    try:
+        md = [GOOD, ("traceparent", TRACEPARENT), ("x-request-id", "req-42")]
+        body, trailing = await call(port, "WhoAmI", metadata=md)
+        answer = json.loads(body)
+        assert answer == {"trace": KIT_TRACE_ID, "request": "req-42", "who": "user:u1"}
+        assert ("x-request-id", "req-42") in tuple(trailing)
+        # without a traceparent each call starts its own trace
+        first = json.loads((await call(port, "WhoAmI", metadata=[GOOD]))[0])["trace"]
+        second = json.loads((await call(port, "WhoAmI", metadata=[GOOD]))[0])["trace"]
+        assert len(first) == 32 and int(first, 16) and first != second != KIT_TRACE_ID
+        # an invalid traceparent is ignored, as the W3C propagator does
+        bad = [GOOD, ("traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-01")]
+        assert json.loads((await call(port, "WhoAmI", metadata=bad))[0])["trace"] not in (None, "0" * 32)
+    finally:
+        await server.stop(0)
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    access = next(e for e in lines if e["logger"] == "gatehouse.access" and e.get("request_id") == "req-42")
+    assert access["trace_id"] == KIT_TRACE_ID and access["code"] == "OK"
+    assert access["principal"] == "user:u1" and access["method"] == f"/{PROBE}/WhoAmI"
+
+
+async def test_exporter_none_propagates_the_trace_to_outgoing_calls(tmp_path):
+    telemetry = setup_telemetry("probe", "none")
+    leaf, leaf_port = await start_kit(tmp_path / "leaf", telemetry, {"WhoAmI": whoami})
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{leaf_port}", interceptors=client_interceptors(telemetry))
+
+    async def front(request: bytes, context) -> bytes:
+        rpc = channel.unary_unary(f"/{PROBE}/WhoAmI")
+        return await rpc(b"", metadata=[GOOD], timeout=5)
+
+    server, port = await start_kit(tmp_path / "front", telemetry, {"Front": front})
+    try:
+        body, _ = await call(port, "Front", metadata=[GOOD, ("traceparent", TRACEPARENT)])
+        assert json.loads(body)["trace"] == KIT_TRACE_ID
+        body, _ = await call(port, "Front", metadata=[GOOD])
+        assert len(json.loads(body)["trace"]) == 32
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await leaf.stop(0)
+
+
+async def test_exporter_memory_keeps_spans_and_metrics_by_method_and_code(tmp_path):
+    telemetry = setup_telemetry("probe", "memory")
+    server, port = await start_kit(tmp_path, telemetry, {"WhoAmI": whoami, "Missing": missing})
+    try:
+        body, _ = await call(port, "WhoAmI", metadata=[GOOD, ("traceparent", TRACEPARENT)])
+        assert json.loads(body)["trace"] == KIT_TRACE_ID
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(port, "Missing", metadata=[GOOD])
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(port, "WhoAmI")
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(0)
+    spans = {
+        (s.name.rsplit("/", 1)[1], s.attributes["rpc.grpc.status_code"]): s
+        for s in telemetry.span_exporter.get_finished_spans()
+    }
+    assert set(spans) == {("WhoAmI", "OK"), ("Missing", "NOT_FOUND"), ("WhoAmI", "UNAUTHENTICATED")}
+    ok = spans[("WhoAmI", "OK")]
+    assert ok.parent.span_id == 0x00F067AA0BA902B7 and f"{ok.context.trace_id:032x}" == KIT_TRACE_ID
+    assert not spans[("Missing", "NOT_FOUND")].status.is_ok
+    counts = {(m.rsplit("/", 1)[1], code): n for (m, code), n in _request_counts(telemetry).items()}
+    assert counts == {("WhoAmI", "OK"): 1, ("Missing", "NOT_FOUND"): 1, ("WhoAmI", "UNAUTHENTICATED"): 1}

@@ -3,7 +3,9 @@
 grpc.aio server interceptors only see the handler lookup; to act around the call
 itself an interceptor returns a new handler whose behaviour runs inside a scope.
 :func:`wrap_handler` does that for all four call shapes, so each interceptor is
-just an async context manager factory.
+just an async context manager factory. The wrapping itself is meant to happen once
+per method (see :class:`gatehouse.kit.interceptors.KitInterceptor`, which caches it), not
+per call.
 """
 
 from __future__ import annotations
@@ -36,6 +38,23 @@ async def _iterate(inner, request, context):
             yield item
 
 
+def _unary(inner, scope: ScopeFactory):
+    """A unary-answer behaviour run inside ``scope``: one coroutine frame when ``inner`` is async."""
+    if inspect.iscoroutinefunction(inner):
+
+        async def call(request, context):
+            async with scope(context):
+                return await inner(request, context)
+
+        return call
+
+    async def call_any(request, context):
+        async with scope(context):
+            return await _call_unary(inner, request, context)
+
+    return call_any
+
+
 def wrap_handler(handler: grpc.RpcMethodHandler | None, scope: ScopeFactory) -> grpc.RpcMethodHandler | None:
     """Return ``handler`` with its behaviour run inside ``scope(context)``."""
     if handler is None:
@@ -45,21 +64,9 @@ def wrap_handler(handler: grpc.RpcMethodHandler | None, scope: ScopeFactory) -> 
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        inner = handler.unary_unary
-
-        async def unary_unary(request, context):
-            async with scope(context):
-                return await _call_unary(inner, request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, scope), **kwargs)
     if handler.stream_unary is not None:
-        inner = handler.stream_unary
-
-        async def stream_unary(request_iterator, context):
-            async with scope(context):
-                return await _call_unary(inner, request_iterator, context)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, scope), **kwargs)
     if handler.unary_stream is not None:
         inner = handler.unary_stream
 

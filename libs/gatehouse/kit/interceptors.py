@@ -1,15 +1,17 @@
-"""Server interceptors every Gatehouse service runs, in this order (outermost first):
+"""The server-side per-RPC work every Gatehouse service runs, in this order (outermost first):
 
 1. telemetry (:mod:`gatehouse.kit.telemetry`): trace span and RPC metrics;
-2. :class:`CoreInterceptor`: request id, domain error → status mapping, access log;
-3. :class:`AuthInterceptor`: verifies the bearer token and exposes the principal.
+2. core: request id, domain error → status mapping, access log;
+3. authentication: verifies the bearer token and exposes the principal.
 
-Each is built on :func:`gatehouse.kit.grpc_util.wrap_handler`.
+:class:`KitInterceptor` does all three in one interceptor (what
+:class:`~gatehouse.kit.server.GatehouseServer` installs); :class:`CoreInterceptor`,
+:class:`AuthInterceptor` and ``telemetry.ServerTelemetryInterceptor`` are the same
+machinery with one part each, for servers that compose them by hand.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +22,7 @@ from gatehouse.kit import errors
 from gatehouse.kit.context import (
     CLIENT_ADDRESS_KEY,
     CLIENT_USER_AGENT_KEY,
+    NO_CLIENT_INFO,
     ClientInfo,
     Principal,
     bearer_token_var,
@@ -27,7 +30,7 @@ from gatehouse.kit.context import (
     principal_var,
     request_id_var,
 )
-from gatehouse.kit.grpc_util import metadata_value, wrap_handler
+from gatehouse.kit.grpc_util import wrap_handler
 from gatehouse.kit.ids import new_id
 from gatehouse.kit.status import to_grpc_status, to_rpc_status
 
@@ -49,7 +52,194 @@ def _valid_request_id(value: str | None) -> bool:
     return bool(value) and len(value) <= MAX_REQUEST_ID and value.isprintable()
 
 
-class CoreInterceptor(grpc.aio.ServerInterceptor):
+class KitInterceptor(grpc.aio.ServerInterceptor):
+    """The kit's per-RPC work in ONE interceptor; each part optional (all on in GatehouseServer).
+
+    In the order they act (outermost first): telemetry (a
+    :class:`gatehouse.kit.telemetry.ServerTelemetry`: span and metrics), ``core`` (request id,
+    error mapping, access log) and ``verify`` (authentication). A method's handler is wrapped
+    once and reused for every later call; per call there is one ``async with`` of one small
+    object instead of a chain of nested context managers.
+    """
+
+    def __init__(
+        self,
+        *,
+        core: bool = True,
+        verify: Verifier | None = None,
+        public_methods: Iterable[str] = (),
+        telemetry=None,
+    ):
+        self.core = core
+        self.verify = verify
+        self.public = frozenset(public_methods)
+        self.telemetry = telemetry
+        self._wrapped: dict[str, tuple] = {}
+
+    def _is_public(self, method: str) -> bool:
+        return method in self.public or method.startswith(ALWAYS_PUBLIC_PREFIXES)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        entry = self._wrapped.get(method)
+        if entry is None or entry[0] is not handler:
+            entry = (handler, wrap_handler(handler, _MethodScope(self, method)))
+            self._wrapped[method] = entry
+        return entry[1]
+
+
+class _MethodScope:
+    """What a method's calls share, computed once; calling it gives one call's scope."""
+
+    __slots__ = ("core", "method", "public", "telemetry", "unimplemented", "verify")
+
+    def __init__(self, kit: KitInterceptor, method: str):
+        self.method = method
+        self.core = kit.core
+        self.verify = kit.verify
+        self.public = kit._is_public(method)
+        self.telemetry = kit.telemetry.for_method(method) if kit.telemetry is not None else None
+        self.unimplemented = f"{method} is not implemented yet"
+
+    def __call__(self, context: grpc.aio.ServicerContext) -> _CallScope:
+        return _CallScope(self, context)
+
+
+# Invocation metadata the kit reads, in one pass over it per call.
+_READ_KEYS = frozenset(
+    {REQUEST_ID_KEY, CLIENT_ADDRESS_KEY, CLIENT_USER_AGENT_KEY, "authorization", "traceparent", "tracestate"}
+)
+
+
+class _CallScope:
+    """One call: telemetry, then request id and client info, then the principal (async context manager)."""
+
+    __slots__ = (
+        "client_token",
+        "context",
+        "logged",
+        "principal_tokens",
+        "request_token",
+        "s",
+        "span",
+        "trailer",
+    )
+
+    def __init__(self, s: _MethodScope, context: grpc.aio.ServicerContext):
+        self.s = s
+        self.context = context
+        self.span = self.request_token = self.principal_tokens = None
+
+    async def __aenter__(self):
+        s, context = self.s, self.context
+        found = {}
+        for key, value in context.invocation_metadata() or ():
+            if key in _READ_KEYS and key not in found:
+                found[key] = value if isinstance(value, str) else value.decode()
+        if s.telemetry is not None:
+            self.span = s.telemetry.begin(found.get("traceparent"), found.get("tracestate"))
+        if s.core:
+            incoming = found.get(REQUEST_ID_KEY)
+            request_id = incoming if _valid_request_id(incoming) else new_id()
+            self.request_token = request_id_var.set(request_id)
+            forwarded = found.get(CLIENT_ADDRESS_KEY)
+            agent = found.get(CLIENT_USER_AGENT_KEY)
+            info = NO_CLIENT_INFO
+            if forwarded or agent:
+                info = ClientInfo((forwarded or "").split(",")[0].strip()[:200], (agent or "")[:500])
+            self.client_token = client_info_var.set(info)
+            self.trailer = ((REQUEST_ID_KEY, request_id),)
+            context.set_trailing_metadata(self.trailer)
+            # (started, peer) when the access line is logged; the peer is read now: a call
+            # cancelled at shutdown must not be touched afterwards
+            self.logged = (time.perf_counter(), context.peer()) if access.isEnabledFor(logging.INFO) else None
+        if s.verify is not None:
+            try:
+                await self._authenticate(found.get("authorization"))
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return self
+
+    async def _authenticate(self, header: str | None) -> None:
+        s = self.s
+        principal = token = None
+        if header is not None or not s.public:
+            token = parse_bearer(header)
+            principal = await s.verify(token)
+        self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        principal = principal_var.get()
+        if self.principal_tokens is not None:
+            principal_var.reset(self.principal_tokens[0])
+            bearer_token_var.reset(self.principal_tokens[1])
+            self.principal_tokens = None
+        try:
+            if self.s.core:
+                await self._finish_core(exc_type, exc, tb, principal)
+        except BaseException as final:
+            self._finish_telemetry(type(final), final, final.__traceback__)
+            raise
+        self._finish_telemetry(exc_type, exc, tb)
+        return False
+
+    def _finish_telemetry(self, exc_type, exc, tb) -> None:
+        if self.span is not None:
+            span, self.span = self.span, None
+            self.s.telemetry.end(span, self.context.code(), exc_type, exc, tb)
+
+    async def _finish_core(self, exc_type, exc, tb, principal: Principal | None) -> None:
+        """Maps what the call raised to its status (raising the abort) and logs the access line."""
+        s, context = self.s, self.context
+        if self.request_token is None:
+            return
+        code = "OK"
+        try:
+            if exc_type is None:
+                code = _code_name(context.code(), "OK")
+            elif issubclass(exc_type, grpc.aio.AbortError):
+                code = _code_name(context.code(), "UNKNOWN")
+            elif issubclass(exc_type, errors.GatehouseError):
+                code = exc.code
+                await context.abort_with_status(to_grpc_status(to_rpc_status(exc), self.trailer))
+            elif issubclass(exc_type, NotImplementedError):
+                code = "UNIMPLEMENTED"
+                status = to_rpc_status(errors.Unimplemented(s.unimplemented))
+                await context.abort_with_status(to_grpc_status(status, self.trailer))
+            elif issubclass(exc_type, Exception):
+                code = "INTERNAL"
+                log.error(
+                    "unhandled error in %s",
+                    s.method,
+                    exc_info=(exc_type, exc, tb),
+                    extra={"method": s.method},
+                )
+                await context.abort_with_status(to_grpc_status(to_rpc_status(exc), self.trailer))
+        finally:
+            if self.logged is not None:
+                started, peer = self.logged
+                access.info(
+                    "%s %s",
+                    s.method,
+                    code,
+                    extra={
+                        "method": s.method,
+                        "code": code,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "peer": peer,
+                        "principal": principal.subject if principal else None,
+                    },
+                )
+            request_id_var.reset(self.request_token)
+            client_info_var.reset(self.client_token)
+            self.request_token = None
+
+
+class CoreInterceptor(KitInterceptor):
     """Request id, error mapping and the per-RPC access log line.
 
     - accepts ``x-request-id`` from the caller (or generates one) and echoes it
@@ -60,63 +250,8 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
     - logs one access line per RPC with method, code, duration and principal.
     """
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-
-        @contextlib.asynccontextmanager
-        async def scope(context: grpc.aio.ServicerContext):
-            incoming = metadata_value(context, REQUEST_ID_KEY)
-            request_id = incoming if _valid_request_id(incoming) else new_id()
-            token = request_id_var.set(request_id)
-            forwarded = (metadata_value(context, CLIENT_ADDRESS_KEY) or "").split(",")[0].strip()
-            client_token = client_info_var.set(
-                ClientInfo(forwarded[:200], (metadata_value(context, CLIENT_USER_AGENT_KEY) or "")[:500])
-            )
-            trailer = ((REQUEST_ID_KEY, request_id),)
-            context.set_trailing_metadata(trailer)
-            started = time.perf_counter()
-            peer = context.peer()  # read now: a call cancelled at shutdown must not be touched afterwards
-            code = "OK"
-            try:
-                yield
-            except grpc.aio.AbortError:
-                code = _code_name(context.code(), "UNKNOWN")
-                raise
-            except errors.GatehouseError as exc:
-                code = exc.code
-                await context.abort_with_status(to_grpc_status(to_rpc_status(exc), trailer))
-            except NotImplementedError:
-                code = "UNIMPLEMENTED"
-                await context.abort_with_status(
-                    to_grpc_status(
-                        to_rpc_status(errors.Unimplemented(f"{method} is not implemented yet")), trailer
-                    )
-                )
-            except Exception as exc:
-                code = "INTERNAL"
-                log.exception("unhandled error in %s", method, extra={"method": method})
-                await context.abort_with_status(to_grpc_status(to_rpc_status(exc), trailer))
-            else:
-                code = _code_name(context.code(), "OK")
-            finally:
-                principal = principal_var.get()
-                access.info(
-                    "%s %s",
-                    method,
-                    code,
-                    extra={
-                        "method": method,
-                        "code": code,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "peer": peer,
-                        "principal": principal.subject if principal else None,
-                    },
-                )
-                request_id_var.reset(token)
-                client_info_var.reset(client_token)
-
-        return wrap_handler(handler, scope)
+    def __init__(self):
+        super().__init__(core=True)
 
 
 def _code_name(code, default: str) -> str:
@@ -133,7 +268,7 @@ def _code_name(code, default: str) -> str:
 Verifier = Callable[[str], Awaitable[Principal]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(KitInterceptor):
     """Verifies ``authorization: Bearer <jwt>`` and exposes the :class:`Principal`.
 
     Every method needs a valid token except health, reflection and the
@@ -143,35 +278,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, verify: Verifier, public_methods: Iterable[str] = ()):
-        self._verify = verify
-        self._public = frozenset(public_methods)
-
-    def _is_public(self, method: str) -> bool:
-        return method in self._public or method.startswith(ALWAYS_PUBLIC_PREFIXES)
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        public = self._is_public(method)
-        verify = self._verify
-
-        @contextlib.asynccontextmanager
-        async def scope(context: grpc.aio.ServicerContext):
-            header = metadata_value(context, "authorization")
-            principal = None
-            token = None
-            if header is not None or not public:
-                token = parse_bearer(header)
-                principal = await verify(token)
-            p_token = principal_var.set(principal)
-            b_token = bearer_token_var.set(token)
-            try:
-                yield
-            finally:
-                principal_var.reset(p_token)
-                bearer_token_var.reset(b_token)
-
-        return wrap_handler(handler, scope)
+        super().__init__(core=False, verify=verify, public_methods=public_methods)
 
 
 def parse_bearer(header: str | None) -> str:

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import random
 import time
 from dataclasses import dataclass
 
@@ -25,9 +25,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gatehouse.kit.grpc_util import wrap_handler
+from gatehouse.kit.interceptors import KitInterceptor
 
 INSTRUMENTATION = "gatehouse.kit"
 
@@ -40,6 +48,8 @@ class Telemetry:
     meter_provider: MeterProvider
     span_exporter: InMemorySpanExporter | None = None
     metric_reader: InMemoryMetricReader | None = None
+    exporter: str | None = None  # as given to setup_telemetry; "none" lets servers skip SDK spans
+    metrics_read: bool = True  # False when the meter provider has no reader: measurements go nowhere
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -73,57 +83,133 @@ def setup_telemetry(service: str, exporter: str = "none", endpoint: str | None =
             PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint, insecure=insecure))
         )
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    return Telemetry(tracer_provider, meter_provider, span_exporter, metric_reader)
+    return Telemetry(tracer_provider, meter_provider, span_exporter, metric_reader, exporter, bool(readers))
 
 
-class ServerTelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """SERVER span per RPC (continuing the caller's trace) plus count/latency metrics."""
+class ServerTelemetry:
+    """The server side of one service's telemetry: per-method recorders, built once per method.
+
+    With exporter ``none`` nothing can see a span, so no SDK span is made: the caller's
+    ``traceparent`` is still continued (or a new trace id made) in a non-recording span that is
+    current during the call, so :func:`current_trace_id`, the logs, audit events and outgoing
+    calls carry the trace id exactly as before. Metrics are recorded whenever the meter provider
+    has a reader (``memory``, ``otlp``); without one (``none``, ``console``) the SDK would drop
+    every measurement, so none is made.
+    """
 
     def __init__(self, telemetry: Telemetry):
-        self._tracer = telemetry.tracer
+        self.tracer = telemetry.tracer
+        self.lean = telemetry.exporter == "none"
+        self.metrics = telemetry.metrics_read
         meter = telemetry.meter_provider.get_meter(INSTRUMENTATION)
-        self._requests = meter.create_counter("rpc.server.requests", unit="1", description="RPCs handled")
-        self._duration = meter.create_histogram("rpc.server.duration", unit="ms", description="RPC latency")
+        self.requests = meter.create_counter("rpc.server.requests", unit="1", description="RPCs handled")
+        self.duration = meter.create_histogram("rpc.server.duration", unit="ms", description="RPC latency")
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
+    def for_method(self, method: str) -> MethodTelemetry:
+        return MethodTelemetry(self, method)
+
+
+class MethodTelemetry:
+    """Span and metrics of one method: :meth:`begin` when a call starts, :meth:`end` when it ends."""
+
+    __slots__ = (
+        "_attributes",
+        "_by_code",
+        "_duration",
+        "_lean",
+        "_method",
+        "_metrics",
+        "_requests",
+        "_tracer",
+    )
+
+    def __init__(self, server: ServerTelemetry, method: str):
         service, _, name = method.lstrip("/").rpartition("/")
+        self._tracer, self._lean = server.tracer, server.lean
+        self._requests, self._duration, self._metrics = server.requests, server.duration, server.metrics
+        self._method = method
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        self._by_code: dict[str, dict] = {}
+
+    def begin(self, traceparent: str | None, tracestate: str | None):
+        """Start the call's span (current until :meth:`end`); returns the handle for :meth:`end`."""
+        started = time.perf_counter()
+        if self._lean:
+            span = NonRecordingSpan(_server_span_context(traceparent, tracestate))
+            return started, otel_context.attach(trace.set_span_in_context(span)), None
         carrier = {}
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key in ("traceparent", "tracestate"):
-                carrier[key] = value if isinstance(value, str) else value.decode()
-        tracer, requests, duration = self._tracer, self._requests, self._duration
+        if traceparent is not None:
+            carrier["traceparent"] = traceparent
+        if tracestate is not None:
+            carrier["tracestate"] = tracestate
+        scope = self._tracer.start_as_current_span(
+            self._method, context=extract(carrier), kind=SpanKind.SERVER, attributes=self._attributes
+        )
+        return started, scope, scope.__enter__()
 
-        @contextlib.asynccontextmanager
-        async def scope(context: grpc.aio.ServicerContext):
-            parent = extract(carrier)
-            started = time.perf_counter()
-            code = "OK"
-            with tracer.start_as_current_span(
-                method,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-            ) as span:
-                try:
-                    yield
-                    code = _code(context.code(), "OK")
-                except grpc.aio.AbortError:
-                    code = _code(context.code(), "UNKNOWN")
-                    raise
-                except BaseException:
-                    code = _code(context.code(), "UNKNOWN")
-                    raise
-                finally:
-                    span.set_attribute("rpc.grpc.status_code", code)
-                    if code != "OK":
-                        span.set_status(Status(StatusCode.ERROR, code))
-                    attrs = {"rpc.method": method, "rpc.grpc.status_code": code}
-                    requests.add(1, attrs)
-                    duration.record((time.perf_counter() - started) * 1000, attrs)
+    def end(self, handle, status, exc_type, exc, tb) -> None:
+        """End the call: ``status`` is the context's code, ``exc_*`` what the call raised, if anything."""
+        started, scope, span = handle
+        code = _code(status, "OK" if exc_type is None else "UNKNOWN")
+        try:
+            if span is not None:
+                span.set_attribute("rpc.grpc.status_code", code)
+                if code != "OK":
+                    span.set_status(Status(StatusCode.ERROR, code))
+            if self._metrics:
+                attrs = self._by_code.get(code)
+                if attrs is None:
+                    attrs = self._by_code[code] = {"rpc.method": self._method, "rpc.grpc.status_code": code}
+                self._requests.add(1, attrs)
+                self._duration.record((time.perf_counter() - started) * 1000, attrs)
+        finally:
+            if span is None:
+                otel_context.detach(scope)
+            else:
+                scope.__exit__(exc_type, exc, tb)
 
-        return wrap_handler(handler, scope)
+
+_W3C = TraceContextTextMapPropagator()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def _server_span_context(traceparent: str | None, tracestate: str | None) -> SpanContext:
+    """A new span's context continuing ``traceparent`` (parsed by the W3C propagator, as in the SDK
+    path), or starting a new sampled trace, as the SDK's default sampler does for a root span."""
+    if traceparent is not None:
+        carrier = {"traceparent": traceparent}
+        if tracestate is not None:
+            carrier["tracestate"] = tracestate
+        parent = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
+        if parent.is_valid:
+            return SpanContext(
+                parent.trace_id,
+                _new_span_id(),
+                is_remote=False,
+                trace_flags=_SAMPLED if parent.trace_flags.sampled else _NOT_SAMPLED,
+                trace_state=parent.trace_state,
+            )
+    trace_id = 0
+    while not trace_id:
+        trace_id = random.getrandbits(128)
+    return SpanContext(trace_id, _new_span_id(), is_remote=False, trace_flags=_SAMPLED)
+
+
+def _new_span_id() -> int:
+    span_id = 0
+    while not span_id:
+        span_id = random.getrandbits(64)
+    return span_id
+
+
+class ServerTelemetryInterceptor(KitInterceptor):
+    """SERVER span per RPC (continuing the caller's trace) plus count/latency metrics.
+
+    :class:`~gatehouse.kit.server.GatehouseServer` folds it into its one kit interceptor."""
+
+    def __init__(self, telemetry: Telemetry):
+        super().__init__(core=False, telemetry=ServerTelemetry(telemetry))
 
 
 def _code(code, default: str) -> str:
