@@ -414,9 +414,11 @@ async def _true(value) -> bool:
 
 
 async def _deadline_exceeded(url: str) -> int:
-    """Audit entries whose last delivery attempt ran into its deadline."""
+    """Audit entries whose last delivery attempt hung (not refused): it ran into the call's deadline,
+    or into gRPC's connect timeout on a connection that never got the server's SETTINGS frame."""
     rows = await query(
         url,
-        "SELECT count(*) FROM outbox WHERE topic = 'audit' AND last_error LIKE '%DEADLINE_EXCEEDED%'",
+        "SELECT count(*) FROM outbox WHERE topic = 'audit' AND (last_error LIKE '%DEADLINE_EXCEEDED%'"
+        " OR last_error LIKE '%before receiving SETTINGS frame%')",
     )
     return rows[0][0]
