@@ -13,6 +13,7 @@ machinery with one part each, for servers that compose them by hand.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -31,7 +32,6 @@ from gatehouse.kit.context import (
     request_id_var,
 )
 from gatehouse.kit.grpc_util import wrap_handler
-from gatehouse.kit.ids import new_id
 from gatehouse.kit.status import to_grpc_status, to_rpc_status
 
 log = logging.getLogger("gatehouse.rpc")
@@ -46,6 +46,16 @@ ALWAYS_PUBLIC_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+
+
+def _new_request_id() -> str:
+    """A UUIDv7 string (as :func:`gatehouse.kit.ids.new_id`) made in half the time: a request id
+    only correlates logs and answers, so its random bits come from :mod:`random` (reseeded in
+    forked children), not the OS, and it is formatted directly."""
+    bits = random.getrandbits(74)  # rand_a (12) and rand_b (62)
+    ms = time.time_ns() // 1_000_000 & 0xFFFFFFFFFFFF
+    h = f"{ms:012x}7{bits >> 62:03x}{0x8000 | (bits >> 48) & 0x3FFF:04x}{bits & 0xFFFFFFFFFFFF:012x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _valid_request_id(value: str | None) -> bool:
@@ -143,7 +153,7 @@ class _CallScope:
             self.span = s.telemetry.begin(found.get("traceparent"), found.get("tracestate"))
         if s.core:
             incoming = found.get(REQUEST_ID_KEY)
-            request_id = incoming if _valid_request_id(incoming) else new_id()
+            request_id = incoming if _valid_request_id(incoming) else _new_request_id()
             self.request_token = request_id_var.set(request_id)
             forwarded = found.get(CLIENT_ADDRESS_KEY)
             agent = found.get(CLIENT_USER_AGENT_KEY)
@@ -158,19 +168,16 @@ class _CallScope:
             self.logged = (time.perf_counter(), context.peer()) if access.isEnabledFor(logging.INFO) else None
         if s.verify is not None:
             try:
-                await self._authenticate(found.get("authorization"))
+                header = found.get("authorization")
+                principal = token = None
+                if header is not None or not s.public:
+                    token = parse_bearer(header)
+                    principal = await s.verify(token)
+                self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         return self
-
-    async def _authenticate(self, header: str | None) -> None:
-        s = self.s
-        principal = token = None
-        if header is not None or not s.public:
-            token = parse_bearer(header)
-            principal = await s.verify(token)
-        self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         principal = principal_var.get()
@@ -178,6 +185,10 @@ class _CallScope:
             principal_var.reset(self.principal_tokens[0])
             bearer_token_var.reset(self.principal_tokens[1])
             self.principal_tokens = None
+        if exc_type is None and self.request_token is not None:  # the common path: nothing to map
+            self._close_core(_code_name(self.context.code(), "OK"), principal)
+            self._finish_telemetry(None, None, None)
+            return False
         try:
             if self.s.core:
                 await self._finish_core(exc_type, exc, tb, principal)
@@ -220,23 +231,28 @@ class _CallScope:
                 )
                 await context.abort_with_status(to_grpc_status(to_rpc_status(exc), self.trailer))
         finally:
-            if self.logged is not None:
-                started, peer = self.logged
-                access.info(
-                    "%s %s",
-                    s.method,
-                    code,
-                    extra={
-                        "method": s.method,
-                        "code": code,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                        "peer": peer,
-                        "principal": principal.subject if principal else None,
-                    },
-                )
-            request_id_var.reset(self.request_token)
-            client_info_var.reset(self.client_token)
-            self.request_token = None
+            self._close_core(code, principal)
+
+    def _close_core(self, code: str, principal: Principal | None) -> None:
+        """The access line (when enabled), then the request id and client info are reset."""
+        if self.logged is not None:
+            method = self.s.method
+            started, peer = self.logged
+            access.info(
+                "%s %s",
+                method,
+                code,
+                extra={
+                    "method": method,
+                    "code": code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "peer": peer,
+                    "principal": principal.subject if principal else None,
+                },
+            )
+        request_id_var.reset(self.request_token)
+        client_info_var.reset(self.client_token)
+        self.request_token = None
 
 
 class CoreInterceptor(KitInterceptor):
