@@ -110,23 +110,27 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
     def _admit(self, item: pb.CheckCapabilityRequest, field: str = "") -> tuple[m.Ref, m.Ref]:
         """Validate one check and apply the caller rules; returns (subject, resource)."""
         s, r = item.subject, item.resource
-        subject, resource = (s.type, s.id), (r.type, r.id)
-        if not (s.id and r.type and r.id and item.capability and s.type in m.SUBJECT_TYPES):
+        stype, sid, rtype, rid = s.type, s.id, r.type, r.id
+        if not (sid and rtype and rid and item.capability and stype in m.SUBJECT_TYPES):
             errs = ErrorCollector()  # the slow path only names the bad fields
             _subject(s, f"{field}subject", errs)
             _ref(r, f"{field}resource", errs)
             errs.require(bool(item.capability), f"{field}capability", "is required")
             errs.raise_if_any()
+        subject = (stype, sid)
         self._authorize_subject(subject)
-        return subject, resource
+        return subject, (rtype, rid)
 
     def _check(self, item: pb.CheckCapabilityRequest, field: str = "") -> pb.CheckCapabilityResponse:
         subject, resource = self._admit(item, field)
-        amr = tuple(item.authentication_context.amr)
+        # An unset authentication context has no methods (HasField is cheaper than reading it).
+        amr = tuple(item.authentication_context.amr) if item.HasField("authentication_context") else ()
         decision = self._evaluate(self.index.check, subject, resource, item.capability, amr, field=field)
-        answer = pb.CheckCapabilityResponse(
-            allowed=decision.allowed, reason=_reason(decision.reason), revision=self.index.revision
-        )
+        # Fields set one by one: half the cost of the keyword constructor, the same message.
+        answer = pb.CheckCapabilityResponse()
+        answer.allowed = decision.allowed
+        answer.reason = REASONS[decision.reason]
+        answer.revision = self.index.revision
         if item.explain:
             answer.explanation.steps.extend(
                 decision_pb2.ExplanationStep(

@@ -252,12 +252,20 @@ class Index:
         return found
 
     def roles_on(
-        self, subject: m.Ref, res: m.Ref, _depth: int = 0, admin: bool | None = None
+        self,
+        subject: m.Ref,
+        res: m.Ref,
+        _depth: int = 0,
+        admin: bool | None = None,
+        found: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        """Every role the subject holds on ``res`` with how it holds it (best reason per role)."""
+        """Every role the subject holds on ``res`` with how it holds it (best reason per role).
+        ``found``: the subject's direct and group roles on ``res`` when the caller has them already
+        (``_direct_and_group_roles``; completed in place)."""
         if admin is None:
             admin = self.is_platform_admin(subject)
-        found = self._direct_and_group_roles(subject, res)
+        if found is None:
+            found = self._direct_and_group_roles(subject, res)
         parent = self.parent.get(res)
         rtype = self.catalog.types.get(res[0])
         if parent is not None and rtype is not None and _depth < 16:
@@ -296,8 +304,11 @@ class Index:
             return m.SUBJECT_DISABLED
         if chain is None:
             chain = self.ancestors(res)
-        if self.deleted and any(f"{r[0]}:{r[1]}" in self.deleted for r in (res, *chain)):
-            return m.RESOURCE_DELETED
+        deleted = self.deleted
+        if deleted:
+            for r in (res, *chain):
+                if f"{r[0]}:{r[1]}" in deleted:
+                    return m.RESOURCE_DELETED
         if subject[0] != "user":
             return None
         if res[0] == "organization":
@@ -322,11 +333,14 @@ class Index:
         denied = self._precheck(subject, res, amr)
         if denied:
             return m.Decision(False, denied)
-        best = None
         role_caps = rtype.role_caps
-        for role, reason in self.roles_on(subject, res).items():
-            if capability in role_caps[role] and (best is None or ORDER[reason] < ORDER[best]):
-                best = reason
+        # Direct and group roles on ``res`` come first: a role held that way keeps its reason in
+        # roles_on and ranks before any inherited or platform one (ORDER), so when one of them
+        # carries the capability the parents need not be walked.
+        found = self._direct_and_group_roles(subject, res)
+        best = _best_reason(found, role_caps, capability)
+        if best is None:
+            best = _best_reason(self.roles_on(subject, res, found=found), role_caps, capability)
         if best is not None:
             return m.Decision(True, best)
         granted = self._grant_reason(subject, res, capability)
@@ -588,6 +602,15 @@ class Index:
             m.Step(f"{_text(subject)} is an active member of {_text(org)}", "", reason),
             m.Step(f"{capability} on {_text(res)} is granted to {_text(org)}", rel(org), reason),
         ]
+
+
+def _best_reason(roles: dict[str, str], role_caps: dict[str, frozenset[str]], capability: str) -> str | None:
+    """The best reason (ORDER) among the roles that carry ``capability``; None if none does."""
+    best = None
+    for role, reason in roles.items():
+        if capability in role_caps[role] and (best is None or ORDER[reason] < ORDER[best]):
+            best = reason
+    return best
 
 
 def _text(ref: m.Ref) -> str:
