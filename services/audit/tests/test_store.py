@@ -93,6 +93,47 @@ async def test_concurrent_replicas_store_each_event_once(env, database_url, tmp_
         await other_db.dispose()
 
 
+async def test_id_stored_while_waiting_for_the_head_lock_is_a_duplicate(env, database_url, tmp_path):
+    """Another replica stores one of the batch's ids while this call waits for the head lock: on
+    PostgreSQL the insert hits the primary key and the call retries (the id is then a duplicate);
+    on SQLite the call waits for the write lock before it checks. No gap, nothing stored twice."""
+    audit, db, keys = env
+    other, other_db = make_audit(database_url, keys, tmp_path)
+    try:
+        await audit.ingest(domain_events([event("race")]))  # the head row exists
+        batch = [event("race") for _ in range(5)]
+        async with other_db.unit_of_work() as holder:
+            await other.store._append(holder.session, domain_events(batch[:1]))  # holds the head lock
+            waiting = asyncio.create_task(audit.ingest(domain_events(batch)))
+            if db.is_postgres:  # until the call is blocked on the lock (its snapshot taken)
+                for _ in range(200):
+                    async with other_db.engine.connect() as connection:
+                        found = await connection.execute(
+                            sa.text(
+                                "SELECT count(*) FROM pg_stat_activity"
+                                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                            )
+                        )
+                        if found.scalar():
+                            break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the ingest never waited for the head lock")
+            else:
+                await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await holder.commit()
+        result = await asyncio.wait_for(waiting, 30)
+        assert (result.accepted, result.duplicates) == (4, 1)
+        assert audit.store.retries == (1 if db.is_postgres else 0)
+        stored = await sequences(db, "race")
+        assert [s for s, _ in stored] == [1, 2, 3, 4, 5, 6]
+        assert [i for _, i in stored][1:] == [m.id for m in batch]
+        assert (await audit.verify("race")).ok
+    finally:
+        await other_db.dispose()
+
+
 async def seeded(audit, org="org-t", n=8):
     batch = domain_events([event(org) for _ in range(n)])
     await audit.ingest(batch)

@@ -5,10 +5,13 @@ head rows (``SELECT … FOR UPDATE`` in organization order, so two batches never
 deadlock; missing heads are created first with ``INSERT … ON CONFLICT DO
 NOTHING``), assigns the next sequences and hashes, writes the events and the
 new heads, and commits. On PostgreSQL the row lock serializes appenders of one
-chain while other chains proceed. Ids already stored are filtered *before* the
-lock (a redelivery locks nothing); if a racing call stores one of the ids in
-between, the primary key rejects the insert, the whole transaction rolls back
-(no gap) and :meth:`AuditStore.ingest` retries, now seeing it as a duplicate.
+chain while other chains proceed, and a batch costs two statements besides
+BEGIN/COMMIT: one locks the heads and finds the ids already stored, one
+inserts the events (``unnest`` of binary array parameters) and moves the heads.
+The duplicate check sees the snapshot of that statement's start; if a racing
+call stores one of the ids in between, the primary key rejects the insert, the
+whole transaction rolls back (no gap) and :meth:`AuditStore.ingest` retries,
+now seeing it as a duplicate.
 On SQLite the first statement of the transaction is the head-row write, which
 takes the database's write lock before anything is read, and the duplicate
 check runs under it (a process-wide lock avoids busy waits). Sequences are
@@ -37,11 +40,37 @@ from gatehouse_audit.domain.retention import retention_days_of
 EVENT_FIELDS = [f.name for f in fields(Event)]
 PAGE = 1000
 ATTEMPTS = 5
-_COPY = f"COPY {events.name} ({', '.join(EVENT_FIELDS)}) FROM STDIN"
 
 
 _COLUMNS = [events.c[name] for name in EVENT_FIELDS]
-_IDS = postgresql.ARRAY(sa.String)
+
+
+_CHAIN_STATE = "organization_id, head_sequence, head_hash, anchor_sequence, anchor_hash, anchor_mac"
+# PostgreSQL ingest statements (one round trip each). The heads are locked in organization order
+# (the sort runs below the row locks) so two batches never deadlock.
+_LOCK_AND_FIND = (
+    f"WITH heads AS (SELECT {_CHAIN_STATE} FROM {chains.name}"
+    " WHERE organization_id = ANY(CAST(%(orgs)b AS text[])) ORDER BY organization_id FOR UPDATE)"
+    f" SELECT {_CHAIN_STATE}, NULL AS id FROM heads"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, id"
+    f" FROM {events.name} WHERE id = ANY(CAST(%(ids)b AS text[]))"
+)
+
+
+def _array_type(column: sa.Column) -> str:
+    if isinstance(column.type, sa.BigInteger):
+        return "bigint[]"
+    return "bytea[]" if isinstance(column.type, sa.LargeBinary) else "text[]"
+
+
+_WRITE = (
+    f"WITH stored AS (INSERT INTO {events.name} ({', '.join(EVENT_FIELDS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(%(c{i})b AS {_array_type(events.c[n])})" for i, n in enumerate(EVENT_FIELDS))
+    + f")) UPDATE {chains.name} AS c SET head_sequence = h.seq, head_hash = h.hash"
+    " FROM unnest(CAST(%(orgs)b AS text[]), CAST(%(seqs)b AS bigint[]),"
+    " CAST(%(hashes)b AS bytea[])) AS h(org, seq, hash)"
+    " WHERE c.organization_id = h.org"
+)
 
 
 def _event(row) -> Event:
@@ -123,25 +152,53 @@ class AuditStore:
         await session.execute(self._insert(chains).values(empty).on_conflict_do_nothing())
         return await lock()
 
-    async def _insert_events(self, session, fresh: list[Event]) -> None:
-        """One INSERT per batch: COPY on PostgreSQL (same transaction), executemany on SQLite."""
-        if not self.db.is_postgres:
-            await session.execute(events.insert(), [{n: getattr(e, n) for n in EVENT_FIELDS} for e in fresh])
+    async def _lock_heads_and_find(
+        self, session, orgs: list[str], ids: list[str]
+    ) -> tuple[dict[str, ChainState] | None, set[str]]:
+        """PostgreSQL, one statement: lock the heads of ``orgs`` (organization order) and return the
+        ids of ``ids`` already stored. The heads are None when one of them does not exist yet."""
+        heads: dict[str, ChainState] = {}
+        existing: set[str] = set()
+        async with await self._raw_cursor(session) as cursor:
+            await cursor.execute(_LOCK_AND_FIND, {"orgs": orgs, "ids": ids}, binary=True)
+            rows = await cursor.fetchall()
+        for row in rows:
+            if row[0] is None:
+                existing.add(row[6])
+            else:
+                heads[row[0]] = ChainState(*row[:6])
+        return (heads if len(heads) == len(orgs) else None), existing
+
+    async def _write(self, session, fresh: list[Event], changed: list[tuple[str, int, bytes]]) -> None:
+        """Store the chained events and move the heads: one statement on PostgreSQL."""
+        if self.db.is_postgres:
+            columns = [[getattr(e, n) for e in fresh] for n in EVENT_FIELDS]
+            params = {f"c{i}": column for i, column in enumerate(columns)}
+            params.update(orgs=[c[0] for c in changed], seqs=[c[1] for c in changed])
+            params["hashes"] = [c[2] for c in changed]
+            async with await self._raw_cursor(session) as cursor:
+                await cursor.execute(_WRITE, params, binary=True)
             return
+        await session.execute(events.insert(), [{n: getattr(e, n) for n in EVENT_FIELDS} for e in fresh])
+        await session.execute(
+            chains.update()
+            .where(chains.c.organization_id == sa.bindparam("b_org"))
+            .values(head_sequence=sa.bindparam("b_seq"), head_hash=sa.bindparam("b_hash")),
+            [{"b_org": org, "b_seq": seq, "b_hash": h} for org, seq, h in changed],
+        )
+
+    @staticmethod
+    async def _raw_cursor(session):
+        """A psycopg cursor on the session's connection (same transaction); binary parameters skip
+        the text quoting of every array element."""
         connection = await (await session.connection()).get_raw_connection()
-        cursor = connection.driver_connection.cursor()
-        async with cursor.copy(_COPY) as copy:
-            for e in fresh:
-                await copy.write_row([getattr(e, n) for n in EVENT_FIELDS])
+        return connection.driver_connection.cursor()
 
     async def _unseen(self, session, candidates: list[Event]) -> list[Event]:
-        """The candidates whose id is not stored yet."""
-        ids = [e.id for e in candidates]
-        if self.db.is_postgres:  # one array parameter: no statement text to build per batch size
-            query = sa.select(events.c.id).where(events.c.id == sa.any_(sa.bindparam("ids", type_=_IDS)))
-            found = await session.execute(query, {"ids": ids})
-        else:
-            found = await session.execute(sa.select(events.c.id).where(events.c.id.in_(ids)))
+        """SQLite: the candidates whose id is not stored yet."""
+        found = await session.execute(
+            sa.select(events.c.id).where(events.c.id.in_([e.id for e in candidates]))
+        )
         existing = set(found.scalars())
         return [e for e in candidates if e.id not in existing]
 
@@ -150,19 +207,24 @@ class AuditStore:
         for event in batch:
             unique.setdefault(event.id, event)
         fresh = list(unique.values())
-        if self.db.is_postgres:
-            # Duplicates are filtered before the chains are locked (a redelivery locks nothing). An id
-            # a racing call stores in between fails the insert on the primary key, and ingest retries.
-            fresh = await self._unseen(session, fresh)
-        if not fresh:
-            return IngestResult(0, len(batch))
         stamp = now_us()
         for event in fresh:
             event.ingest_us = stamp
         messages = {e.id: canonical_bytes(e) for e in fresh}  # the expensive part, outside the lock
-        heads = await self._lock_heads(session, sorted({e.organization_id for e in fresh}))
-        if not self.db.is_postgres:  # SQLite: the write lock is held now; nobody can race
+        orgs = sorted({e.organization_id for e in fresh})
+        if self.db.is_postgres:
+            # One round trip: lock the heads and find the ids already stored. An id a racing call
+            # stores after this statement's snapshot fails the insert on the primary key, and ingest
+            # retries (now seeing it as a duplicate).
+            heads, existing = await self._lock_heads_and_find(session, orgs, list(unique))
+            if heads is None:
+                heads = await self._lock_heads(session, orgs)
+            fresh = [e for e in fresh if e.id not in existing]
+        else:  # SQLite: the head write takes the write lock first; nobody can race the check after it
+            heads = await self._lock_heads(session, orgs)
             fresh = await self._unseen(session, fresh)
+        if not fresh:
+            return IngestResult(0, len(batch))
         tips = {org: (s.head_sequence, s.head_hash) for org, s in heads.items()}
         settings: dict[str, tuple[int, str]] = {}
         for event in fresh:
@@ -173,19 +235,8 @@ class AuditStore:
             days = retention_days_of(event)
             if days is not None:
                 settings[event.organization_id] = (days, event.id)
-        if fresh:
-            await self._insert_events(session, fresh)
-            changed = [
-                {"b_org": org, "b_seq": seq, "b_hash": h}
-                for org, (seq, h) in tips.items()
-                if seq != heads[org].head_sequence
-            ]
-            await session.execute(
-                chains.update()
-                .where(chains.c.organization_id == sa.bindparam("b_org"))
-                .values(head_sequence=sa.bindparam("b_seq"), head_hash=sa.bindparam("b_hash")),
-                changed,
-            )
+        changed = [(org, seq, h) for org, (seq, h) in tips.items() if seq != heads[org].head_sequence]
+        await self._write(session, fresh, changed)
         for org, (days, event_id) in settings.items():
             stmt = self._insert(retention).values(
                 organization_id=org, retention_days=days, source_event_id=event_id
