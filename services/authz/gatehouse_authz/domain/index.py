@@ -246,7 +246,9 @@ class Index:
             return found
         for role in bindings.get(subject, ()):
             found[role] = m.ROLE
-        for group in self.groups_of(subject):
+        if subject[0] != "user":  # groups_of, inline (the hot path)
+            return found
+        for group in self.member_of.get(subject, ()):
             for role in bindings.get(group, ()):
                 found.setdefault(role, m.GROUP_ROLE)
         return found
@@ -314,8 +316,11 @@ class Index:
         if res[0] == "organization":
             org = res[1]
         else:
-            org = next((a[1] for a in chain if a[0] == "organization"), None)
-            if org is None:
+            for anc in chain:  # the nearest organization ancestor
+                if anc[0] == "organization":
+                    org = anc[1]
+                    break
+            else:
                 return None
         status = self.membership.get((org, subject[1]))
         if status is not None and status != m.ACTIVE and not self.is_platform_admin(subject):
