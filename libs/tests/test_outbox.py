@@ -191,3 +191,30 @@ async def test_purge_removes_only_old_delivered_entries(db, receiver):
     assert await relay.purge_delivered(older_than=3600) == 0
     assert await relay.purge_delivered(older_than=-1) == 2
     assert await relay.pending_count() == 1
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_an_ordered_topic_holds_later_entries_behind_one_waiting_for_its_retry(db, ordered):
+    delivered: list[str] = []
+    failing = {"on": True}
+
+    async def deliver(entries):
+        if failing["on"]:
+            raise RuntimeError("receiver down")
+        delivered.extend(e.id for e in entries)
+
+    relay = outbox.OutboxRelay(db, "authz", deliver, base_backoff=5.0, max_backoff=5.0, ordered=ordered)
+    async with db.unit_of_work() as uow:
+        first = await outbox.add(uow.session, "authz", b"add", key=outbox.ordered_key())
+        await uow.commit()
+    assert await relay.drain_once() == 0  # fails: the first entry now waits seconds for its retry
+    failing["on"] = False
+    async with db.unit_of_work() as uow:
+        second = await outbox.add(uow.session, "authz", b"remove", key=outbox.ordered_key())
+        await uow.commit()
+    await relay.drain()
+    # an unordered topic lets the later entry overtake; an ordered one never does
+    assert delivered == ([] if ordered else [second])
+    assert first < second
+    keys = [outbox.ordered_key() for _ in range(1000)]
+    assert keys == sorted(keys) and len(set(keys)) == 1000 and all(len(k) == 36 for k in keys)

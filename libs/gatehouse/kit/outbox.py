@@ -11,13 +11,24 @@ stored the entry), so receivers are idempotent by the entry id, which the relay
 passes along as the idempotency key. Several relays (replicas) may drain the
 same table: a short claim step takes entries with ``FOR UPDATE SKIP LOCKED``
 (PostgreSQL) and leases them, so two relays never deliver the same entry at once.
+
+Some topics need order, not just delivery: a later authz write must never
+overtake an earlier one that is waiting for a retry (a "remove" would land
+before the "add" it undoes). Producers of such a topic key their entries with
+:func:`ordered_key` (sorts in creation order within the process, unlike a
+UUIDv7 within one millisecond) and run the relay with ``ordered=True``: it
+takes entries only from the head of the queue, and nothing while the head waits
+for its retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -67,6 +78,19 @@ _META = sa.MetaData()
 _T = outbox_table(_META)
 
 
+_key_lock = threading.Lock()
+_last_key_ns = [0]
+_key_counter = itertools.count()
+
+
+def ordered_key() -> str:
+    """A 36-character entry id that sorts in creation order within this process (ordered topics)."""
+    with _key_lock:
+        now = max(time.time_ns(), _last_key_ns[0] + 1)
+        _last_key_ns[0] = now
+    return f"{now:020d}-{next(_key_counter) % 10**6:06d}-{os.urandom(4).hex()}"
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     id: str
@@ -104,6 +128,7 @@ class OutboxRelay:
         base_backoff: float = 0.2,
         max_backoff: float = 30.0,
         lease: float = 30.0,
+        ordered: bool = False,
     ):
         self.db = database
         self.topic = topic
@@ -113,6 +138,7 @@ class OutboxRelay:
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
         self.lease = lease
+        self.ordered = ordered
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -121,6 +147,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def _claim(self) -> list[OutboxEntry]:
+        if self.ordered:
+            return await self._claim_head()
         now = time.time()
         async with self.db.unit_of_work() as uow:
             rows = (
@@ -144,6 +172,22 @@ class OutboxRelay:
                 _T.update().where(_T.c.id.in_(ids)).values(claimed_until=now + self.lease)
             )
             await uow.commit()
+        return [OutboxEntry(r.id, r.topic, r.payload, r.attempts) for r in rows]
+
+    async def _claim_head(self) -> list[OutboxEntry]:
+        """Ordered topics: the oldest pending entries, or none while the oldest waits for its retry."""
+        now = time.time()
+        async with self.db.unit_of_work() as uow:
+            rows = (
+                await uow.session.execute(
+                    sa.select(_T.c.id, _T.c.topic, _T.c.payload, _T.c.attempts, _T.c.next_attempt_at)
+                    .where(_T.c.topic == self.topic, _T.c.delivered_at.is_(None))
+                    .order_by(_T.c.id)
+                    .limit(self.batch_size)
+                )
+            ).all()
+        if not rows or rows[0].next_attempt_at > now:
+            return []
         return [OutboxEntry(r.id, r.topic, r.payload, r.attempts) for r in rows]
 
     def _backoff(self, attempts: int) -> float:
@@ -217,6 +261,11 @@ class OutboxRelay:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    async def is_delivered(self, entry_id: str) -> bool:
+        async with self.db.unit_of_work() as uow:
+            row = (await uow.session.execute(sa.select(_T.c.delivered_at).where(_T.c.id == entry_id))).first()
+        return bool(row and row.delivered_at)
 
     async def pending_count(self) -> int:
         async with self.db.unit_of_work() as uow:

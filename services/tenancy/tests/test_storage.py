@@ -9,13 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from gatehouse.audit.v1 import audit_event_pb2
-from gatehouse.kit import errors
+from gatehouse.kit import errors, outbox
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import upgrade_to_head
 from gatehouse.tenancy.v1 import organization_service_pb2 as opb
 from gatehouse.tenancy.v1 import workspace_service_pb2 as wpb
 from gatehouse_tenancy.adapters import authz as az
-from gatehouse_tenancy.adapters.authz import _OrderedRelay
 from gatehouse_tenancy.adapters.unit import Transactions
 from gatehouse_tenancy.domain import model as m
 from gatehouse_tenancy.server import MIGRATIONS
@@ -160,7 +159,7 @@ async def test_ordered_relay_never_lets_a_later_entry_overtake(db):
             raise RuntimeError("authz down")
         delivered.extend(e.id for e in entries)
 
-    relay = _OrderedRelay(db, az.TOPIC, deliver, base_backoff=0.05, max_backoff=0.1)
+    relay = outbox.OutboxRelay(db, az.TOPIC, deliver, base_backoff=0.05, max_backoff=0.1, ordered=True)
     tx = Transactions(db)
     async with tx() as t:
         await t.authz(("touch", "workspace:w", "owner", "user:u"))
@@ -174,7 +173,7 @@ async def test_ordered_relay_never_lets_a_later_entry_overtake(db):
     await asyncio.sleep(0.15)
     assert await relay.drain() == 2
     assert delivered == sorted(delivered) and len(delivered) == 2
-    keys = [az.ordered_key() for _ in range(1000)]
+    keys = [outbox.ordered_key() for _ in range(1000)]
     assert keys == sorted(keys) and len(set(keys)) == 1000 and all(len(k) == 36 for k in keys)
 
 

@@ -61,4 +61,4 @@ def authz_relay(
                 request, timeout=timeout, metadata=(("authorization", f"Bearer {token}"),)
             )
 
-    return OutboxRelay(database, TOPIC, deliver, batch_size=20)
+    return OutboxRelay(database, TOPIC, deliver, batch_size=20, ordered=True)

@@ -91,7 +91,9 @@ class Tx:
         return await audit_log.record(self.session, service=m.SERVICE, action=action, **fields)
 
     async def outbox(self, topic: str, payload: bytes) -> str:
-        return await outbox.add(self.session, topic, payload)
+        # Ordered keys: the authz relay delivers these strictly in order (a disable never lands
+        # after the enable that followed it).
+        return await outbox.add(self.session, topic, payload, key=outbox.ordered_key())
 
     async def get_idempotent(self, key: str) -> bytes | None:
         row = await self._one(sa.select(idempotency.c.result).where(idempotency.c.key == key))

@@ -13,15 +13,10 @@ the authz call.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import threading
-import time
 from dataclasses import dataclass
 
 import grpc
-import sqlalchemy as sa
 
 from gatehouse.authz.v1 import authz_service_pb2 as apb
 from gatehouse.authz.v1 import authz_service_pb2_grpc, decision_pb2, relationship_pb2
@@ -37,18 +32,6 @@ TOPIC = "authz"
 Op = relationship_pb2.RelationshipUpdate.Operation
 _WRITE, _DELETE = b"W", b"D"
 _PERMANENT = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
-
-_lock = threading.Lock()
-_last = [0]
-_counter = itertools.count()
-
-
-def ordered_key() -> str:
-    """A 36-character outbox key that sorts in creation order within the process."""
-    with _lock:
-        now = max(time.time_ns(), _last[0] + 1)
-        _last[0] = now
-    return f"{now:020d}-{next(_counter) % 10**6:06d}-{os.urandom(4).hex()}"
 
 
 def rel(resource: str, relation: str, subject: str, capability: str = "") -> relationship_pb2.Relationship:
@@ -112,7 +95,7 @@ def resource_settings(org_id: str, require_mfa: bool) -> relationship_pb2.Relati
 async def enqueue_write(session, updates: list[relationship_pb2.RelationshipUpdate]) -> str:
     """Put a WriteRelationships call in the outbox (caller's transaction); returns the entry id."""
     payload = apb.WriteRelationshipsRequest(updates=updates).SerializeToString()
-    return await outbox.add(session, TOPIC, _WRITE + payload, key=ordered_key())
+    return await outbox.add(session, TOPIC, _WRITE + payload, key=outbox.ordered_key())
 
 
 async def enqueue_delete(session, **filter_fields: str) -> str:
@@ -120,7 +103,7 @@ async def enqueue_delete(session, **filter_fields: str) -> str:
     payload = apb.DeleteRelationshipsRequest(
         filter=relationship_pb2.RelationshipFilter(**filter_fields)
     ).SerializeToString()
-    return await outbox.add(session, TOPIC, _DELETE + payload, key=ordered_key())
+    return await outbox.add(session, TOPIC, _DELETE + payload, key=outbox.ordered_key())
 
 
 @dataclass(frozen=True)
@@ -241,7 +224,9 @@ class AuthzDelivery:
         self.client = client
         self.deliver_timeout = deliver_timeout
         self.lock = asyncio.Lock()
-        self.relay = _OrderedRelay(database, TOPIC, self._deliver, batch_size=50, max_backoff=10.0)
+        self.relay = outbox.OutboxRelay(
+            database, TOPIC, self._deliver, batch_size=50, max_backoff=10.0, ordered=True
+        )
         self.last_revision = 0
 
     async def _deliver(self, entries: list[outbox.OutboxEntry]) -> None:
@@ -275,13 +260,7 @@ class AuthzDelivery:
                 log.exception("immediate authz delivery failed; the relay will retry")
         if entry_id is None:
             return self.last_revision
-        return self.last_revision if await self.delivered(entry_id) else None
-
-    async def delivered(self, entry_id: str) -> bool:
-        t = outbox._T
-        async with self.db.unit_of_work() as uow:
-            row = (await uow.session.execute(sa.select(t.c.delivered_at).where(t.c.id == entry_id))).first()
-        return bool(row and row.delivered_at)
+        return self.last_revision if await self.relay.is_delivered(entry_id) else None
 
     async def run(self) -> None:
         """Background relay: retries what immediate delivery could not do."""
@@ -294,23 +273,3 @@ class AuthzDelivery:
                     delivered = 0
             if not delivered:
                 await asyncio.sleep(self.relay.poll_interval)
-
-
-class _OrderedRelay(outbox.OutboxRelay):
-    """An outbox relay that never lets a later entry overtake an earlier one waiting for a retry."""
-
-    async def _claim(self) -> list[outbox.OutboxEntry]:
-        t = outbox._T
-        now = time.time()
-        async with self.db.unit_of_work() as uow:
-            rows = (
-                await uow.session.execute(
-                    sa.select(t.c.id, t.c.topic, t.c.payload, t.c.attempts, t.c.next_attempt_at)
-                    .where(t.c.topic == self.topic, t.c.delivered_at.is_(None))
-                    .order_by(t.c.id)
-                    .limit(self.batch_size)
-                )
-            ).all()
-        if not rows or rows[0].next_attempt_at > now:
-            return []
-        return [outbox.OutboxEntry(r.id, r.topic, r.payload, r.attempts) for r in rows]
