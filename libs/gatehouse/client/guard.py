@@ -57,6 +57,7 @@ from gatehouse.client.authz import AuthzClient
 from gatehouse.kit import errors
 from gatehouse.kit.context import Principal, bearer_token_var, current_request_id, principal_var
 from gatehouse.kit.interceptors import ALWAYS_PUBLIC_PREFIXES, parse_bearer
+from gatehouse.kit.peers import IdentityVerifier
 from gatehouse.kit.status import to_grpc_status, to_rpc_status
 
 log = logging.getLogger("gatehouse.client.guard")
@@ -129,43 +130,6 @@ def requires(capability: str, *, resource: ResourceOf):
         return wrapper
 
     return decorate
-
-
-class IdentityVerifier:
-    """The default verifier: access tokens checked locally against identity's JWKS (kit
-    TokenVerifier, ``kid`` rotation) and — given a service token source — refused once their
-    session is revoked (logout, password change), from 1 s polls of identity's revocations."""
-
-    def __init__(
-        self,
-        identity_channel: grpc.aio.Channel,
-        *,
-        issuer: str = "gatehouse",
-        audience: str = "gatehouse",
-        token_source=None,
-        revocation_interval: float = 1.0,
-    ):
-        from gatehouse.kit.auth import JwksCache, RevocationPoller, TokenVerifier
-        from gatehouse.kit.peers import jwks_fetcher, revocations_fetcher
-
-        self.poller = None
-        if token_source is not None:
-            self.poller = RevocationPoller(
-                revocations_fetcher(identity_channel, token_source), interval=revocation_interval
-            )
-        self._verifier = TokenVerifier(
-            JwksCache(jwks_fetcher(identity_channel)),
-            issuer=issuer,
-            audience=audience,
-            is_revoked=self.poller.is_revoked if self.poller else None,
-        )
-
-    async def __call__(self, token: str) -> Principal:
-        return await self._verifier.verify(token)
-
-    async def close(self) -> None:
-        if self.poller is not None:
-            await self.poller.stop()
 
 
 def identity_verifier(identity_channel: grpc.aio.Channel, **kwargs) -> IdentityVerifier:

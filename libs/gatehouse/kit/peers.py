@@ -6,6 +6,7 @@ import grpc
 from google.protobuf import json_format
 
 from gatehouse.kit.config import Settings
+from gatehouse.kit.context import Principal
 from gatehouse.kit.interceptors import Verifier
 
 
@@ -61,22 +62,52 @@ def revocations_fetcher(
     return fetch
 
 
+class IdentityVerifier:
+    """Access tokens checked locally against identity's JWKS (kit TokenVerifier, ``kid``
+    rotation) and — given a service token source — refused once their session is revoked
+    (logout, password change), from 1 s polls of identity's ``ListRevocations``."""
+
+    def __init__(
+        self,
+        identity_channel: grpc.aio.Channel,
+        *,
+        issuer: str = "gatehouse",
+        audience: str = "gatehouse",
+        token_source=None,
+        revocation_interval: float = 1.0,
+    ):
+        from gatehouse.kit.auth import JwksCache, RevocationPoller, TokenVerifier
+
+        self.poller = None
+        if token_source is not None:
+            self.poller = RevocationPoller(
+                revocations_fetcher(identity_channel, token_source), interval=revocation_interval
+            )
+        self._verifier = TokenVerifier(
+            JwksCache(jwks_fetcher(identity_channel)),
+            issuer=issuer,
+            audience=audience,
+            is_revoked=self.poller.is_revoked if self.poller else None,
+        )
+        self.verify = self._verifier.verify  # the bound method: no extra layer on the hot path
+
+    async def __call__(self, token: str) -> Principal:
+        return await self._verifier.verify(token)
+
+    async def close(self) -> None:
+        if self.poller is not None:
+            await self.poller.stop()
+
+
 def identity_token_verifier(settings: Settings, channel: grpc.aio.Channel, token_source=None) -> Verifier:
-    """The default verifier: JWTs checked locally against identity's JWKS (cached, kid rotation),
-    refusing revoked sessions from a :class:`~gatehouse.kit.auth.RevocationPoller` (1 s polls of
-    ``ListRevocations`` with this process's service token)."""
-    from gatehouse.kit.auth import JwksCache, RevocationPoller, TokenVerifier
+    """The services' default verifier: an :class:`IdentityVerifier` that polls revocations with
+    this process's service token (from its credentials unless ``token_source`` is given)."""
     from gatehouse.kit.service_auth import ServiceTokenSource, identity_token_fetch, load_credentials
 
     if token_source is None:
         token_source = ServiceTokenSource(
             identity_token_fetch(channel, lambda: load_credentials(settings.data_dir, settings.service))
         )
-    poller = RevocationPoller(revocations_fetcher(channel, token_source), interval=1.0)
-    verifier = TokenVerifier(
-        JwksCache(jwks_fetcher(channel)),
-        issuer=settings.token_issuer,
-        audience=settings.token_audience,
-        is_revoked=poller.is_revoked,
-    )
-    return verifier.verify
+    return IdentityVerifier(
+        channel, issuer=settings.token_issuer, audience=settings.token_audience, token_source=token_source
+    ).verify
