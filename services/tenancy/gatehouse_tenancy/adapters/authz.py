@@ -197,6 +197,8 @@ class AuthzClient:
             token = answer.next_page_token
             if not token:
                 break
+        else:
+            raise _truncated("LookupResources")
         return ids
 
     async def read(self, **filter_fields: str) -> list[relationship_pb2.Relationship]:
@@ -213,7 +215,14 @@ class AuthzClient:
             token = answer.next_page_token
             if not token:
                 break
+        else:
+            raise _truncated("ReadRelationships")
         return out
+
+
+def _truncated(method: str) -> errors.Unavailable:
+    """More than 100 pages: refuse rather than act on a silently cut-short answer."""
+    return errors.Unavailable(f"authz {method} answered more than 100 pages; refusing a partial answer")
 
 
 class AuthzDelivery:
