@@ -134,6 +134,112 @@ async def test_id_stored_while_waiting_for_the_head_lock_is_a_duplicate(env, dat
         await other_db.dispose()
 
 
+async def test_concurrent_calls_are_grouped_into_one_transaction_with_their_own_counts(env, monkeypatch):
+    """Group commit: calls queued together share one transaction, each caller gets its own counts;
+    an id in two concurrent batches is accepted for the first and a duplicate for the second."""
+    audit, db, _ = env
+    store = audit.store
+    old = domain_events([event("g")])
+    await audit.ingest(old)
+    shared = event("g")
+    a = [event("g"), event("g"), shared]
+    b = [shared, event("g"), event("h")]
+    c = [event("h")]
+    before = store.transactions
+    results = await asyncio.gather(
+        audit.ingest(domain_events(a)),
+        audit.ingest(domain_events(b + [a[0]])),
+        audit.ingest(domain_events(c + c + [a[1]])),  # a repeat, an id of a
+        audit.ingest(old),  # a redelivery
+    )
+    assert store.transactions - before == 1  # four calls, one transaction
+    assert [(r.accepted, r.duplicates) for r in results] == [(3, 0), (2, 2), (1, 2), (0, 1)]
+    assert results[0].accepted_ids == [m.id for m in a]
+    assert results[1].accepted_ids == [b[1].id, b[2].id]
+    assert results[2].accepted_ids == [c[0].id]
+    stored = await sequences(db, "g")  # sequences follow the queue order
+    assert stored == list(enumerate([old[0].id] + [m.id for m in a] + [b[1].id], start=1))
+    assert [i for _, i in await sequences(db, "h")] == [b[2].id, c[0].id]
+    assert (await audit.verify("g")).ok and (await audit.verify("h")).ok
+    # a group is bounded: with room for 4 events, four queued calls of 2 make two transactions
+    monkeypatch.setattr("gatehouse_audit.adapters.store.MAX_GROUP_EVENTS", 4)
+    before = store.transactions
+    await asyncio.gather(*(audit.ingest(domain_events([event("g"), event("g")])) for _ in range(4)))
+    assert store.transactions - before == 2
+    assert [s for s, _ in await sequences(db, "g")] == list(range(1, 14))
+    assert (await audit.verify("g")).ok
+
+
+async def test_a_failing_batch_fails_only_its_caller(env, monkeypatch):
+    """One queued batch breaks the group's transaction: an event without a user agent, which the
+    API's converter never produces (fault injection) and the NOT NULL constraint rejects. The group
+    is then stored batch by batch: only that caller fails, nothing of its batch is stored."""
+    audit, db, _ = env
+    store = audit.store
+    sizes = []
+    append = store._append
+
+    async def counted(session, batch):
+        sizes.append(len(batch))
+        return await append(session, batch)
+
+    monkeypatch.setattr(store, "_append", counted)
+    good, other = domain_events([event("f") for _ in range(3)]), domain_events([event("k"), event("k")])
+    bad = domain_events([event("f"), event("f")])
+    bad[1].user_agent = None
+    before = store.transactions
+    results = await asyncio.gather(
+        audit.ingest(good), audit.ingest(bad), audit.ingest(other), return_exceptions=True
+    )
+    assert sizes[0] == 7 and sorted(set(sizes)) == [2, 3, 7]  # tried as one group, then one by one
+    assert "user_agent" in str(results[1])  # NOT NULL constraint failed / violated
+    assert (results[0].accepted, results[2].accepted) == (3, 2)
+    assert store.transactions - before == 2
+    assert [i for _, i in await sequences(db, "f")] == [e.id for e in good]
+    assert [i for _, i in await sequences(db, "k")] == [e.id for e in other]
+    after = await audit.ingest(domain_events([event("f")]))  # the committer goes on
+    assert after.accepted == 1
+    assert [s for s, _ in await sequences(db, "f")] == [1, 2, 3, 4]
+    assert (await audit.verify("f")).ok and (await audit.verify("k")).ok
+
+
+async def test_cancelled_callers_queued_and_in_flight(env, monkeypatch):
+    """A caller cancelled while queued leaves the queue (its events are not stored); one cancelled
+    while its group's transaction runs does not cancel that transaction for the others."""
+    audit, db, _ = env
+    store = audit.store
+    entered, release = asyncio.Queue(), asyncio.Queue()
+    append = store._append
+
+    async def gated(session, batch):  # each transaction waits for the test's go
+        entered.put_nowait(len(batch))
+        await release.get()
+        return await append(session, batch)
+
+    monkeypatch.setattr(store, "_append", gated)
+    first, queued, in_group, other = (domain_events([event("c") for _ in range(n)]) for n in (1, 2, 3, 4))
+    started = asyncio.create_task(audit.ingest(first))
+    assert await asyncio.wait_for(entered.get(), 10) == 1  # its transaction is in flight
+    calls = [asyncio.create_task(audit.ingest(b)) for b in (queued, in_group, other)]
+    await asyncio.sleep(0.05)
+    calls[0].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calls[0]
+    release.put_nowait(None)
+    assert (await asyncio.wait_for(started, 10)).accepted == 1
+    assert await asyncio.wait_for(entered.get(), 10) == 7  # the next group: both remaining calls
+    calls[1].cancel()
+    release.put_nowait(None)
+    result = await asyncio.wait_for(calls[2], 10)
+    assert (result.accepted, result.duplicates) == (4, 0)
+    with pytest.raises(asyncio.CancelledError):
+        await calls[1]
+    stored = [i for _, i in await sequences(db, "c")]
+    assert stored == [e.id for e in first + in_group + other]  # the cancelled queued call: nothing
+    assert [s for s, _ in await sequences(db, "c")] == list(range(1, 9))
+    assert (await audit.verify("c")).ok
+
+
 async def seeded(audit, org="org-t", n=8):
     batch = domain_events([event(org) for _ in range(n)])
     await audit.ingest(batch)

@@ -9,22 +9,36 @@ chain while other chains proceed, and a batch costs two statements besides
 BEGIN/COMMIT: one locks the heads and finds the ids already stored, one
 inserts the events (``unnest`` of binary array parameters) and moves the heads.
 The duplicate check sees the snapshot of that statement's start; if a racing
-call stores one of the ids in between, the primary key rejects the insert, the
-whole transaction rolls back (no gap) and :meth:`AuditStore.ingest` retries,
-now seeing it as a duplicate.
+call (another replica) stores one of the ids in between, the primary key
+rejects the insert, the whole transaction rolls back (no gap) and
+:meth:`AuditStore.ingest` retries, now seeing it as a duplicate.
 On SQLite the first statement of the transaction is the head-row write, which
 takes the database's write lock before anything is read, and the duplicate
-check runs under it (a process-wide lock avoids busy waits). Sequences are
-therefore gapless and assigned in the order events are stored.
+check runs under it (the store's lock, taken by ingest and purge transactions,
+avoids busy waits). Sequences are therefore gapless and assigned in the order
+events are stored.
+
+Group commit: a call of 100 events is bounded by its commit (the WAL flush),
+so within one store the calls queue and one committer task stores them, one
+transaction at a time. The calls queued while a transaction runs go together
+into the next one (up to ``MAX_GROUP_EVENTS`` events) as one concatenated batch
+— one head lock and duplicate check, one insert, one commit — and each caller
+gets its own counts: an id in two queued batches is accepted for the earlier
+and a duplicate for the later, and sequences follow the queue order. When a
+group's transaction fails (other than by the race above, which is retried),
+each of its batches is stored in its own transaction, so only the caller of a
+failing batch gets an error. Replicas (other stores) still race only on the
+head locks and ids as described above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import fields
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
 from psycopg.errors import UniqueViolation
@@ -40,6 +54,7 @@ from gatehouse_audit.domain.retention import retention_days_of
 EVENT_FIELDS = [f.name for f in fields(Event)]
 PAGE = 1000
 ATTEMPTS = 5
+MAX_GROUP_EVENTS = 5000  # events of queued calls stored in one transaction (a bigger call goes alone)
 
 
 _COLUMNS = [events.c[name] for name in EVENT_FIELDS]
@@ -94,22 +109,112 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+@dataclass(eq=False)
+class _Call:
+    """A queued ingest call: its batch and the answer its caller awaits."""
+
+    batch: Sequence[Event]
+    answer: asyncio.Future[IngestResult]
+
+
+def _split(combined: IngestResult, batches: list[Sequence[Event]]) -> Iterator[IngestResult]:
+    """Each batch's own result from the result of the batches stored concatenated: an id stored by
+    the group is accepted for the first batch holding it and a duplicate everywhere else."""
+    fresh = set(combined.accepted_ids)
+    for batch in batches:
+        mine = [i for i in dict.fromkeys(e.id for e in batch) if i in fresh]
+        fresh.difference_update(mine)
+        yield IngestResult(len(mine), len(batch) - len(mine), mine)
+
+
+def _settle(answer: asyncio.Future[IngestResult], outcome: IngestResult | Exception) -> None:
+    if answer.done():  # its caller was cancelled
+        return
+    if isinstance(outcome, Exception):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)
+
+
 class AuditStore:
     def __init__(self, db: Database, key: ChainKey):
         self.db = db
         self.key = key
         self._insert = postgresql.insert if db.is_postgres else sqlite.insert
         self._write_lock = asyncio.Lock() if not db.is_postgres else None
-        self.retries = 0  # ingest calls retried after losing a race on an event id
+        self.retries = 0  # ingest transactions retried after losing a race on an event id
+        self.transactions = 0  # ingest transactions committed (one per group of queued calls)
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._committer: asyncio.Task | None = None
 
     # ---- appending ----------------------------------------------------------
     async def ingest(self, batch: Sequence[Event]) -> IngestResult:
-        """Store the events not stored yet (by id), chained; idempotent under concurrency."""
+        """Store the events not stored yet (by id), chained; idempotent under concurrency.
+
+        Group commit: the call queues its batch; one task stores the queued batches a group per
+        transaction and answers each caller with its own result. A caller cancelled while queued
+        leaves the queue (nothing of it is stored); one cancelled while its group is being stored
+        does not stop that transaction (the group runs in the committer task, not in the caller).
+        """
+        call = _Call(batch, asyncio.get_running_loop().create_future())
+        self._queue.append(call)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued())
+        try:
+            return await call.answer
+        except asyncio.CancelledError:
+            if call in self._queue:
+                self._queue.remove(call)
+            raise
+
+    async def _commit_queued(self) -> None:
+        """The committer: store the queued calls, one group per transaction, until none is left."""
+        group: list[_Call] = []
+        try:
+            while self._queue:
+                group = [self._queue.popleft()]
+                size = len(group[0].batch)
+                while self._queue and size + len(self._queue[0].batch) <= MAX_GROUP_EVENTS:
+                    size += len(self._queue[0].batch)
+                    group.append(self._queue.popleft())
+                await self._store_group(group)
+        finally:
+            self._committer = None
+            for call in [*group, *self._queue]:  # only if the committer itself was cancelled
+                call.answer.cancel()
+            self._queue.clear()
+
+    async def _store_group(self, group: list[_Call]) -> None:
+        """Store a group's batches in one transaction and answer each caller. If that fails, store
+        each batch in its own transaction, so only the caller of a failing batch gets an error."""
+        batches = [call.batch for call in group]
+        try:
+            results = _split(await self._transaction([e for batch in batches for e in batch]), batches)
+        except Exception as error:
+            if len(group) == 1:
+                _settle(group[0].answer, error)
+                return
+            for call in group:
+                if not call.answer.done():  # a cancelled caller's batch is skipped
+                    _settle(call.answer, await self._outcome(call.batch))
+            return
+        for call, result in zip(group, results, strict=True):
+            _settle(call.answer, result)
+
+    async def _outcome(self, batch: Sequence[Event]) -> IngestResult | Exception:
+        try:
+            return await self._transaction(batch)
+        except Exception as error:
+            return error
+
+    async def _transaction(self, batch: Sequence[Event]) -> IngestResult:
+        """Append ``batch`` in one transaction, retried when a racing replica stored one of its ids."""
         for attempt in range(ATTEMPTS):
             try:
                 async with self._serialized(), self.db.unit_of_work() as uow:
                     result = await self._append(uow.session, batch)
                     await uow.commit()
+                    self.transactions += 1
                     return result
             except (IntegrityError, UniqueViolation):
                 # A racing call stored one of these ids first: the retry sees it as a duplicate.
