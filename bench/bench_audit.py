@@ -5,8 +5,11 @@
 
 1. Ingest: events spread over 10 organizations, delivered in batches of 100 and
    of 1,000 — through a real audit gRPC server (token check, validation,
-   chaining, idempotency check, insert) and straight into the store; the
-   baseline is a plain multi-row INSERT of the same rows without any chaining.
+   chaining, idempotency check, insert) by 1, 4 and 8 concurrent callers, and
+   straight into the store by 1 and 4; the baseline is a plain multi-row INSERT
+   of the same rows without any chaining. ``ev/txn`` is the mean number of
+   events per ingest transaction (group commit), from the store's counter (the
+   audit server's, asked through the child process's pipe).
 2. ListEvents: ``--events`` properly chained events across 100 organizations
    are bulk-loaded with COPY, then the newest page (50) of a random
    organization is read as that organization's admin, through gRPC with a real
@@ -45,6 +48,7 @@ from gatehouse.testing.db import create_pg_database, drop_pg_database
 from gatehouse.testing.servers import settings_for
 from gatehouse.testing.tokens import TokenMint
 from gatehouse.type.v1 import refs_pb2
+from gatehouse_audit import server as audit_server
 from gatehouse_audit.adapters.config import AuditConfig, generate_keys_env
 from gatehouse_audit.adapters.store import EVENT_FIELDS, AuditStore
 from gatehouse_audit.adapters.tables import events as events_table
@@ -97,6 +101,7 @@ async def _serve_async(kind, tmp, url, jwk, token, keys, authz_port, pipe) -> No
 
     def builder(settings, runtime):
         if kind == "audit":
+            audit_server.AuditStore = _tracked
             spec = build_audit(settings, runtime, environ=keys, token_source=token_source)
         else:
             spec = build_authz(settings, runtime)
@@ -107,8 +112,17 @@ async def _serve_async(kind, tmp, url, jwk, token, keys, authz_port, pipe) -> No
     pipe.send(await server.start())
     await server.wait_started()
     pipe.send("ready")
-    await asyncio.to_thread(pipe.recv)
+    while await asyncio.to_thread(pipe.recv) == "transactions":
+        pipe.send(sum(store.transactions for store in _stores))
     await server.stop(0)
+
+
+_stores: list[AuditStore] = []  # the audit server's stores (child process), for their counters
+
+
+def _tracked(*args) -> AuditStore:
+    _stores.append(AuditStore(*args))
+    return _stores[-1]
 
 
 class Child:
@@ -139,6 +153,11 @@ class Child:
         if not self.pipe.poll(120) or self.pipe.recv() != "ready":
             raise RuntimeError(f"{kind} did not become ready")
 
+    def transactions(self) -> int:
+        """The audit server's ingest transactions so far."""
+        self.pipe.send("transactions")
+        return self.pipe.recv()
+
     def stop(self) -> None:
         self.pipe.send("stop")
         self.process.join(15)
@@ -147,9 +166,11 @@ class Child:
 
 
 # ---- ingest -------------------------------------------------------------------
-async def bench_ingest(stub, store: AuditStore, db: Database, svc, total: int, deadline: float) -> None:
+async def bench_ingest(
+    stub, store: AuditStore, db: Database, svc, server: Child, total: int, deadline: float
+) -> None:
     print(f"\n== ingest with chaining (PostgreSQL, {total:,} events per run, {INGEST_ORGS} organizations)")
-    print(f"{'batch':>6} {'path':<34} {'events/s':>10} {'vs plain INSERT':>16}")
+    print(f"{'batch':>6} {'path':<34} {'events/s':>10} {'vs plain INSERT':>16} {'ev/txn':>7}")
     counter = iter(range(1, 10 * total + 1))
 
     def batches_of(size: int, prefix: str) -> list[list]:
@@ -160,57 +181,64 @@ async def bench_ingest(stub, store: AuditStore, db: Database, svc, total: int, d
         if time.time() > deadline:
             sys.exit(f"{deadline_what} exceeded --max-seconds")
 
+    async def run(label: str, batches: list, send, callers: int, transactions) -> None:
+        """``callers`` concurrent callers send their share of ``batches``, one call at a time."""
+
+        async def caller(part: list) -> None:
+            for batch in part:
+                check("ingest")
+                await send(batch)
+
+        before = transactions()
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(batches[k::callers]) for k in range(callers)))
+        rate = total / (time.perf_counter() - started)
+        rows.append((label, rate, total / max(1, transactions() - before)))
+
+    async def grpc_call(batch: list) -> None:
+        await stub.IngestEvents(pb.IngestEventsRequest(events=batch), metadata=svc, timeout=60)
+
+    commits = 0  # of the plain INSERT baseline
+
+    async def plain_insert(batch: list[dict]) -> None:
+        nonlocal commits
+        async with db.unit_of_work() as uow:
+            await uow.session.execute(events_table.insert(), batch)
+            await uow.commit()
+        commits += 1
+
     for size in (100, 1000):
-        rows: list[tuple[str, float]] = []
+        rows: list[tuple[str, float, float | None]] = []
         # baseline: the same rows, one committed plain INSERT per batch: no lock, no hash, no duplicate check
         plain = [
             [_row(event_from_pb(m, "", _Sink()), -next(counter)) for m in b]
             for b in batches_of(size, "plain")
         ]
-        started = time.perf_counter()
-        for batch in plain:
-            check("ingest")
-            async with db.unit_of_work() as uow:
-                await uow.session.execute(events_table.insert(), batch)
-                await uow.commit()
-        rows.append(("plain INSERT, 1 caller (baseline)", total / (time.perf_counter() - started)))
-
+        await run("plain INSERT, 1 caller (baseline)", plain, plain_insert, 1, lambda: commits)
         batches = batches_of(size, "grpc")
-        started = time.perf_counter()
-        for batch in batches:
-            check("ingest")
-            await stub.IngestEvents(pb.IngestEventsRequest(events=batch), metadata=svc, timeout=60)
-        rows.append(("gRPC IngestEvents, 1 caller", total / (time.perf_counter() - started)))
-
-        concurrent = batches_of(size, "grpc4")
-
-        async def caller(part: list[list]) -> None:
-            for batch in part:
-                check("ingest")
-                await stub.IngestEvents(pb.IngestEventsRequest(events=batch), metadata=svc, timeout=60)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(concurrent[k::4]) for k in range(4)))
-        rows.append(("gRPC IngestEvents, 4 callers", total / (time.perf_counter() - started)))
-
-        converted = [[event_from_pb(m, "", _Sink()) for m in b] for b in batches_of(size, "store")]
-        started = time.perf_counter()
-        for batch in converted:
-            check("ingest")
-            await store.ingest(batch)
-        rows.append(("store.ingest (no gRPC), 1 caller", total / (time.perf_counter() - started)))
+        await run("gRPC IngestEvents, 1 caller", batches, grpc_call, 1, server.transactions)
+        for callers in (4, 8):
+            label = f"gRPC IngestEvents, {callers} callers"
+            await run(label, batches_of(size, f"grpc{callers}"), grpc_call, callers, server.transactions)
+        for label, callers in (
+            ("store.ingest (no gRPC), 1 caller", 1),
+            ("store.ingest (no gRPC), 4 callers", 4),
+        ):
+            converted = [[event_from_pb(m, "", _Sink()) for m in b] for b in batches_of(size, f"s{callers}")]
+            await run(label, converted, store.ingest, callers, lambda: store.transactions)
 
         started = time.perf_counter()
         answers = [await stub.IngestEvents(pb.IngestEventsRequest(events=b), metadata=svc) for b in batches]
-        rows.append(("redelivery (all duplicates)", total / (time.perf_counter() - started)))
+        rows.append(("redelivery (all duplicates)", total / (time.perf_counter() - started), None))
         assert all(
             a.accepted_count == 0 and a.duplicate_count == len(b)
             for a, b in zip(answers, batches, strict=False)
         )
 
         base = rows[0][1]
-        for label, rate in rows:
-            print(f"{size:>6} {label:<34} {rate:>10,.0f} {rate / base:>15.2f}x")
+        for label, rate, per_transaction in rows:
+            grouped = "-" if per_transaction is None else f"{per_transaction:,.0f}"
+            print(f"{size:>6} {label:<34} {rate:>10,.0f} {rate / base:>15.2f}x {grouped:>7}")
 
 
 class _Sink:
@@ -362,7 +390,7 @@ async def main() -> None:
             stub = audit_service_pb2_grpc.AuditServiceStub(channel)
             authz_stub = authz_service_pb2_grpc.AuthzServiceStub(authz_channel)
             svc = mint.md(mint.service("tenancy"))
-            await bench_ingest(stub, store, db, svc, args.ingest_events, deadline)
+            await bench_ingest(stub, store, db, svc, audit, args.ingest_events, deadline)
             await grant_org_admins(authz_stub, svc)
             seconds = await asyncio.to_thread(bulk_load, url, config, args.events)
             print(
