@@ -1,7 +1,8 @@
 """Server processes for bench_authz.py (not a benchmark itself).
 
 ``python bench/authz_server.py noop``  — a bare grpc.aio unary server whose one method returns
-an empty message: the baseline cost of a Python unary RPC.
+an empty message: the baseline cost of a Python unary RPC (standard asyncio loop).
+``noop-uvloop`` is the same server on uvloop, the loop the services run on by default.
 
 ``python bench/authz_server.py authz`` — the real authz server (``gatehouse_authz.server.build``,
 the kit's interceptors, token verification, health, follower) on ``GATEHOUSE_DATABASE_URL``,
@@ -221,7 +222,15 @@ async def serve_authz() -> None:
 
 if __name__ == "__main__":
     kind = sys.argv[1]
+    from gatehouse.kit.app import run_on_loop
+    from gatehouse.kit.config import Settings
+
     try:
-        asyncio.run(serve_noop() if kind == "noop" else serve_authz())
+        if kind == "noop":  # the issue's baseline: grpc.aio on the standard asyncio loop
+            asyncio.run(serve_noop())
+        elif kind == "noop-uvloop":  # the same no-op on the loop the services run on
+            run_on_loop(serve_noop(), "uvloop")
+        else:  # the loop GATEHOUSE_EVENT_LOOP selects, as in production (uvloop by default)
+            run_on_loop(serve_authz(), Settings.from_env("authz").event_loop)
     except KeyboardInterrupt:
         pass

@@ -356,7 +356,8 @@ async def main(args) -> dict:
             data.url, data.count = url, count
 
         noop = Server("noop", base_env)
-        servers.append(noop)
+        noop_uv = Server("noop-uvloop", base_env)
+        servers += [noop, noop_uv]
         a = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url})
         servers.append(a)
         print(
@@ -370,12 +371,14 @@ async def main(args) -> dict:
         batch_conc = max(1, args.concurrency // 8)
         phases = {
             "noop": ("no-op grpc.aio unary         ", noop, NOOP_METHOD, payloads, args.concurrency),
+            "noop_uv": ("no-op grpc.aio on uvloop     ", noop_uv, NOOP_METHOD, payloads, args.concurrency),
             "check_small": ("CheckCapability (small)      ", a, CHECK, payloads, args.concurrency),
             "kit_noop": ("no-op behind the kit chain   ", a, NOOP_METHOD, payloads, args.concurrency),
             "batch": (f"CheckCapabilities({args.batch}) x{batch_conc}  ", a, BATCH, batches, batch_conc),
         }
         if args.variants:  # measurement variants of the interceptor chain (see bench/authz_server.py)
             for key, label, extra in (
+                ("check_asyncio", "CheckCapability, asyncio loop", {"GATEHOUSE_EVENT_LOOP": "asyncio"}),
                 ("check_no_telemetry", "CheckCapability, no telemetry ", {"BENCH_TELEMETRY": "0"}),
                 ("check_lean_chain", "CheckCapability, lean chain  ", {"BENCH_CHAIN": "lean"}),
                 ("check_registered", "CheckCapability, no intercept", {"BENCH_CHAIN": "registered"}),
@@ -396,7 +399,10 @@ async def main(args) -> dict:
         results["ratio_single"] = statistics.median(
             c["rps"] / n["rps"] for c, n in zip(rounds["check_small"], rounds["noop"], strict=True)
         )
-        for key in ("check_no_telemetry", "check_lean_chain", "check_registered"):
+        results["ratio_single_uv"] = statistics.median(
+            c["rps"] / n["rps"] for c, n in zip(rounds["check_small"], rounds["noop_uv"], strict=True)
+        )
+        for key in ("check_asyncio", "check_no_telemetry", "check_lean_chain", "check_registered"):
             if key in rounds:
                 results[f"ratio_{key}"] = statistics.median(
                     c["rps"] / n["rps"] for c, n in zip(rounds[key], rounds["noop"], strict=True)
@@ -406,6 +412,7 @@ async def main(args) -> dict:
             for b_, c in zip(rounds["batch"], rounds["check_small"], strict=True)
         )
         noop.stop()
+        noop_uv.stop()
 
         b = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url})
         servers.append(b)
@@ -475,8 +482,13 @@ async def main(args) -> dict:
 
     r = results
     print("\nserver CPU per call: where it goes")
-    print(f"  grpc.aio unary RPC (no-op server)      {r['noop']['cpu_us']:5.0f} µs")
-    print(f"  + kit interceptors and token check     {r['kit_noop']['cpu_us'] - r['noop']['cpu_us']:5.0f} µs")
+    print(
+        f"  grpc.aio unary RPC (no-op server)      {r['noop']['cpu_us']:5.0f} µs   (on uvloop {r['noop_uv']['cpu_us']:.0f} µs)"
+    )
+    print(
+        f"  + kit interceptors and token check     {r['kit_noop']['cpu_us'] - r['noop_uv']['cpu_us']:5.0f} µs   "
+        "(over the no-op on uvloop, the services' loop)"
+    )
     print(
         f"  + CheckCapability itself               {r['check_small']['cpu_us'] - r['kit_noop']['cpu_us']:5.0f} µs"
     )
@@ -484,7 +496,11 @@ async def main(args) -> dict:
     print(
         f"  single check / no-op throughput        {r['ratio_single']:.2f}x   (target >= 0.8x; median of {args.rounds} rounds)"
     )
+    print(
+        f"  single check / no-op on uvloop         {r['ratio_single_uv']:.2f}x   (the same loop on both sides)"
+    )
     for key, label in (
+        ("check_asyncio", "on the asyncio loop"),
         ("check_no_telemetry", "without telemetry"),
         ("check_lean_chain", "one lean interceptor"),
     ):
@@ -498,7 +514,10 @@ async def main(args) -> dict:
     print(
         f"  server CPU per check large / small     {r['ratio_cpu_large']:.2f}x   (less sensitive to a busy machine)"
     )
-    print(f"  server CPU per check / per no-op call  {r['check_small']['cpu_us'] / r['noop']['cpu_us']:.2f}x")
+    print(
+        f"  server CPU per check / per no-op call  {r['check_small']['cpu_us'] / r['noop']['cpu_us']:.2f}x   "
+        f"(no-op on uvloop: {r['check_small']['cpu_us'] / r['noop_uv']['cpu_us']:.2f}x)"
+    )
     print(
         f"  index load                             {r['large_load']['load_s']:.1f} s   (target <= 30 s at 1M)"
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import pytest
 
+from gatehouse.kit.app import run_on_loop
 from gatehouse.kit.config import ConfigError, Settings
 from gatehouse.kit.ids import new_id
 
@@ -43,6 +45,7 @@ def test_overrides_and_per_service_database(tmp_path):
         ("GATEHOUSE_OTEL_EXPORTER", "zipkin"),
         ("GATEHOUSE_AUTHZ_TIMEOUT", "soon"),
         ("GATEHOUSE_SHUTDOWN_GRACE", "-1"),
+        ("GATEHOUSE_EVENT_LOOP", "trio"),
     ],
 )
 def test_invalid_values_name_the_variable(variable, value):
@@ -70,3 +73,14 @@ def test_ids_are_sortable_uuid7():
     # same-millisecond ids may tie on the time prefix; the time prefix never goes backwards
     prefixes = [i[:13] for i in ids]
     assert prefixes == sorted(prefixes)
+
+
+async def _loop_kind() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def test_services_run_on_the_configured_event_loop():
+    assert Settings.from_env("authz", {}).event_loop == "uvloop"  # the default
+    assert Settings.from_env("authz", {"GATEHOUSE_EVENT_LOOP": "AsyncIO"}).event_loop == "asyncio"
+    assert run_on_loop(_loop_kind(), "uvloop") == "uvloop"
+    assert run_on_loop(_loop_kind(), "asyncio") == "asyncio"

@@ -4,6 +4,8 @@ request ids, health transitions, reflection, and authentication on the wire."""
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
 import grpc
 import pytest
@@ -12,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from gatehouse.kit import errors
 from gatehouse.kit.context import Principal, current_principal
+from gatehouse.kit.interceptors import _new_request_id
 from gatehouse.kit.status import bad_request, error_info, retry_info
 from gatehouse.testing.servers import TEST_SERVICE, call, make_server, raw_service
 
@@ -108,6 +111,17 @@ async def test_request_id_is_echoed_or_generated(error_server):
     _, trailing = await call(error_server, "WhoAmI", metadata=[("authorization", "Bearer good")])
     generated = dict(trailing)["x-request-id"]
     assert len(generated) == 36 and generated[14] == "7"  # a UUIDv7
+
+
+def test_generated_request_ids_are_unique_ordered_uuid7_of_now():
+    before = time.time_ns() // 1_000_000
+    ids = [_new_request_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)  # unique, and ordered within a process
+    for value in (ids[0], ids[-1]):
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+        assert before <= parsed.int >> 80 <= after  # the unix-ms timestamp field
 
 
 async def test_missing_and_bad_tokens_are_unauthenticated(error_server):

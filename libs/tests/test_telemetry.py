@@ -241,6 +241,34 @@ async def test_exporter_none_continues_the_incoming_trace_without_sdk_spans(tmp_
     assert access["principal"] == "user:u1" and access["method"] == f"/{PROBE}/WhoAmI"
 
 
+async def test_exporter_none_makes_one_trace_id_per_call_whoever_asks_first(tmp_path, log_stream):
+    """The lean server span is made on first use; later reads, the call's log lines and tasks the
+    call starts all see the same trace id."""
+    telemetry = setup_telemetry("probe", "none")
+
+    async def traces(request: bytes, context) -> bytes:
+        child = asyncio.ensure_future(asyncio.sleep(0, result=current_trace_id()))  # copies the context
+        in_child = await child
+        logging.getLogger("probe.handler").warning("inside the call")
+        return json.dumps([in_child, current_trace_id()]).encode()
+
+    server, port = await start_kit(tmp_path, telemetry, {"Traces": traces})
+    try:
+        seen = []
+        for _ in range(2):
+            body, trailing = await call(port, "Traces", metadata=[GOOD])
+            first, again = json.loads(body)
+            assert len(first) == 32 and int(first, 16) and first == again
+            seen.append((first, dict(trailing)["x-request-id"]))
+        assert seen[0][0] != seen[1][0]  # each call without a traceparent starts its own trace
+    finally:
+        await server.stop(0)
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    for trace_id, request_id in seen:
+        line = next(e for e in lines if e["logger"] == "probe.handler" and e.get("request_id") == request_id)
+        assert line["trace_id"] == trace_id
+
+
 async def test_exporter_none_propagates_the_trace_to_outgoing_calls(tmp_path):
     telemetry = setup_telemetry("probe", "none")
     leaf, leaf_port = await start_kit(tmp_path / "leaf", telemetry, {"WhoAmI": whoami})

@@ -2,7 +2,7 @@
 
 Fields: ``ts`` (RFC 3339 UTC), ``level``, ``logger``, ``service``, ``msg``,
 ``request_id`` (from the request context), ``trace_id`` / ``span_id`` (the
-current OpenTelemetry span), any ``extra=`` fields, and ``exc`` for exceptions.
+current span, :func:`gatehouse.kit.telemetry.current_span`), any ``extra=`` fields, and ``exc`` for exceptions.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import json
 import logging
 import sys
 
-from opentelemetry import trace
-
 from gatehouse.kit.context import request_id_var
+from gatehouse.kit.telemetry import current_span
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _HANDLER_MARK = "_gatehouse_handler"
@@ -36,7 +35,7 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
-        ctx = trace.get_current_span().get_span_context()
+        ctx = current_span().get_span_context()
         if ctx.is_valid:
             entry["trace_id"] = f"{ctx.trace_id:032x}"
             entry["span_id"] = f"{ctx.span_id:016x}"

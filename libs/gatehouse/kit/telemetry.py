@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import grpc
@@ -89,10 +90,11 @@ def setup_telemetry(service: str, exporter: str = "none", endpoint: str | None =
 class ServerTelemetry:
     """The server side of one service's telemetry: per-method recorders, built once per method.
 
-    With exporter ``none`` nothing can see a span, so no SDK span is made: the caller's
-    ``traceparent`` is still continued (or a new trace id made) in a non-recording span that is
-    current during the call, so :func:`current_trace_id`, the logs, audit events and outgoing
-    calls carry the trace id exactly as before. Metrics are recorded whenever the meter provider
+    With exporter ``none`` nothing can see a span, so no SDK span is made: the call's server span
+    is a non-recording span continuing the caller's ``traceparent`` (or starting a new trace),
+    made the first time something asks for it (:func:`current_span`, used by
+    :func:`current_trace_id`, the logs, audit events and outgoing calls), so a call that logs
+    nothing and calls nobody pays nothing for it; the trace id is the same whoever asks first. Metrics are recorded whenever the meter provider
     has a reader (``memory``, ``otlp``); without one (``none``, ``console``) the SDK would drop
     every measurement, so none is made.
     """
@@ -121,6 +123,7 @@ class MethodTelemetry:
         "_metrics",
         "_requests",
         "_tracer",
+        "needs_code",
     )
 
     def __init__(self, server: ServerTelemetry, method: str):
@@ -130,13 +133,13 @@ class MethodTelemetry:
         self._method = method
         self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         self._by_code: dict[str, dict] = {}
+        self.needs_code = not self._lean or self._metrics  # end() reads the status only then
 
     def begin(self, traceparent: str | None, tracestate: str | None):
         """Start the call's span (current until :meth:`end`); returns the handle for :meth:`end`."""
         started = time.perf_counter()
         if self._lean:
-            span = NonRecordingSpan(_server_span_context(traceparent, tracestate))
-            return started, otel_context.attach(trace.set_span_in_context(span)), None
+            return started, _lean_span.set(_LeanSpan(traceparent, tracestate)), None
         carrier = {}
         if traceparent is not None:
             carrier["traceparent"] = traceparent
@@ -148,7 +151,8 @@ class MethodTelemetry:
         return started, scope, scope.__enter__()
 
     def end(self, handle, status, exc_type, exc, tb) -> None:
-        """End the call: ``status`` is the context's code, ``exc_*`` what the call raised, if anything."""
+        """End the call: ``status`` is the context's code (None is fine unless :attr:`needs_code`),
+        ``exc_*`` what the call raised, if anything."""
         started, scope, span = handle
         code = _code(status, "OK" if exc_type is None else "UNKNOWN")
         try:
@@ -164,9 +168,49 @@ class MethodTelemetry:
                 self._duration.record((time.perf_counter() - started) * 1000, attrs)
         finally:
             if span is None:
-                otel_context.detach(scope)
+                _lean_span.reset(scope)
             else:
                 scope.__exit__(exc_type, exc, tb)
+
+
+class _LeanSpan:
+    """A call's server span with exporter ``none``: made on first use, then the same for the call
+    (context copies share this holder, so tasks the call starts see the same trace)."""
+
+    __slots__ = ("_span", "traceparent", "tracestate")
+
+    def __init__(self, traceparent: str | None, tracestate: str | None):
+        self.traceparent, self.tracestate, self._span = traceparent, tracestate, None
+
+    def span(self) -> NonRecordingSpan:
+        if self._span is None:
+            self._span = NonRecordingSpan(_server_span_context(self.traceparent, self.tracestate))
+        return self._span
+
+
+_lean_span: ContextVar[_LeanSpan | None] = ContextVar("gatehouse_lean_server_span", default=None)
+
+
+def current_span() -> trace.Span:
+    """The current span: OpenTelemetry's current one, else the lean server span of the call
+    being served (exporter ``none``), else the invalid span."""
+    span = trace.get_current_span()
+    if not span.get_span_context().is_valid:
+        lean = _lean_span.get()
+        if lean is not None:
+            return lean.span()
+    return span
+
+
+def current_context() -> otel_context.Context:
+    """OpenTelemetry's current context, with the call's lean server span in it when that is the
+    current span (the parent of a CLIENT span started inside a served call)."""
+    ctx = otel_context.get_current()
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        lean = _lean_span.get()
+        if lean is not None:
+            return trace.set_span_in_context(lean.span(), ctx)
+    return ctx
 
 
 _W3C = TraceContextTextMapPropagator()
@@ -237,7 +281,9 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStr
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         method = _method_name(client_call_details.method)
-        with self._tracer.start_as_current_span(method, kind=SpanKind.CLIENT) as span:
+        with self._tracer.start_as_current_span(
+            method, context=current_context(), kind=SpanKind.CLIENT
+        ) as span:
             call = await continuation(self._details(client_call_details, span), request)
             try:
                 await call
@@ -248,7 +294,9 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStr
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         method = _method_name(client_call_details.method)
-        with self._tracer.start_as_current_span(method, kind=SpanKind.CLIENT) as span:
+        with self._tracer.start_as_current_span(
+            method, context=current_context(), kind=SpanKind.CLIENT
+        ) as span:
             return await continuation(self._details(client_call_details, span), request)
 
 
@@ -263,5 +311,5 @@ def client_interceptors(telemetry: Telemetry) -> list:
 
 def current_trace_id() -> str | None:
     """The current trace id (32 hex), or None outside a span."""
-    ctx = trace.get_current_span().get_span_context()
+    ctx = current_span().get_span_context()
     return f"{ctx.trace_id:032x}" if ctx.is_valid else None
