@@ -218,3 +218,34 @@ async def test_an_ordered_topic_holds_later_entries_behind_one_waiting_for_its_r
     assert first < second
     keys = [outbox.ordered_key() for _ in range(1000)]
     assert keys == sorted(keys) and len(set(keys)) == 1000 and all(len(k) == 36 for k in keys)
+
+
+async def test_a_wake_while_the_relay_drains_is_not_lost(db):
+    """An entry committed (and the relay woken) while a drain's query runs is delivered at once,
+    not a poll interval later: the wake is kept for the next round."""
+    delivered: list[str] = []
+
+    async def deliver(entries):
+        delivered.extend(e.id for e in entries)
+
+    relay = outbox.OutboxRelay(db, "audit.events", deliver, poll_interval=30.0)
+    claim, raced = relay._claim, []
+
+    async def claim_racing_a_commit():
+        found = await claim()
+        if not raced:  # the first (empty) query: a producer commits and wakes the relay meanwhile
+            raced.extend(await write(db, 1))
+            relay.wake()
+        return found
+
+    relay._claim = claim_racing_a_commit  # fault injection: the interleaving, made deterministic
+    runner = asyncio.create_task(relay.run())
+    try:
+        for _ in range(100):  # 5 s at most, against a 30 s poll
+            if delivered:
+                break
+            await asyncio.sleep(0.05)
+        assert delivered == raced
+    finally:
+        relay.stop()
+        await asyncio.wait_for(runner, 5)

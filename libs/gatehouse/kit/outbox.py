@@ -245,6 +245,9 @@ class OutboxRelay:
     async def run(self) -> None:
         """Deliver forever (until :meth:`stop` or cancellation)."""
         while not self._stopping:
+            # Cleared before the drain: a wake() while it runs (an entry committed after its query)
+            # leaves the event set and the loop drains again at once instead of after a poll.
+            self._wake.clear()
             try:
                 delivered = await self.drain_once()
             except Exception:
@@ -252,7 +255,6 @@ class OutboxRelay:
                 delivered = 0
             if delivered:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             except TimeoutError:

@@ -87,6 +87,21 @@ async def test_idempotent_by_request_id(store):
     assert snapshot == [m.Change("put", t("w", "viewer", "a"))]
 
 
+async def test_after_commit_runs_for_committed_writes_only(store):
+    """The hook that wakes the audit relay: once per committed write, never for a write that
+    changed nothing (failed precondition, replayed request id)."""
+    calls = []
+    store.after_commit = lambda: calls.append(store)
+    await store.write([("touch", t("w", "owner", "o"))], request_id="r1")
+    assert len(calls) == 1
+    with pytest.raises(errors.FailedPrecondition):
+        await store.write([("create", t("w", "owner", "o"))])
+    assert await store.write([("touch", t("w", "viewer", "v"))], request_id="r1") == 1  # a replay
+    assert len(calls) == 1
+    await store.write([("delete", t("w", "owner", "o"))])
+    assert len(calls) == 2
+
+
 async def test_follower_applies_another_writers_changes(store, database_url):
     index = Index(CATALOG)
     follower = Follower(store, index)
