@@ -405,11 +405,12 @@ def run() -> int:
     except ConfigError as exc:
         print(f"gatehouse-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    from gatehouse.kit.app import run_on_loop
     from gatehouse.kit.logs import setup_logging
 
     setup_logging("gateway", settings.log_level, settings.log_format)
     try:
-        return asyncio.run(serve(settings, config))
+        return run_on_loop(serve(settings, config), settings.event_loop)
     except FileNotFoundError as exc:
         print(f"gatehouse-gateway: {exc}", file=sys.stderr)
         return 2
