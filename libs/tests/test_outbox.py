@@ -249,3 +249,20 @@ async def test_a_wake_while_the_relay_drains_is_not_lost(db):
     finally:
         relay.stop()
         await asyncio.wait_for(runner, 5)
+
+
+async def test_a_relay_cancelled_right_after_a_wake_stops(db):
+    """Server stop cancels the relay's task; a wake just before (a write committed as the server
+    stopped) must not eat the cancellation. (asyncio.wait_for on Python 3.11 returned the woken
+    wait instead of raising, and the relay ran on while the stop waited for it.)"""
+
+    async def deliver(entries):
+        pass
+
+    relay = outbox.OutboxRelay(db, "audit.events", deliver, poll_interval=30.0)
+    runner = asyncio.create_task(relay.run())
+    await asyncio.sleep(0.3)  # the relay has drained (nothing) and waits for a wake
+    relay.wake()
+    runner.cancel()  # in the same loop iteration as the wake
+    done, _ = await asyncio.wait({runner}, timeout=3)
+    assert runner in done and runner.cancelled()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gatehouse.kit.aio import wait_event
 from gatehouse.kit.db import Database
 from gatehouse.kit.ids import new_id
 
@@ -255,10 +256,7 @@ class OutboxRelay:
                 delivered = 0
             if delivered:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.poll_interval)
 
     def stop(self) -> None:
         self._stopping = True

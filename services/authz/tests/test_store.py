@@ -102,6 +102,18 @@ async def test_after_commit_runs_for_committed_writes_only(store):
     assert len(calls) == 2
 
 
+async def test_a_follower_cancelled_right_after_a_wake_stops(store):
+    """The server's stop cancels the follower; a wake in the same moment must not eat it."""
+    follower = Follower(store, Index(CATALOG), poll_interval=30.0, fallback_interval=30.0)
+    await follower.load()
+    task = asyncio.create_task(follower.run())
+    await asyncio.sleep(0.3)  # following, waiting for a wake
+    follower.kick()
+    task.cancel()  # in the same loop iteration as the wake
+    done, _ = await asyncio.wait({task}, timeout=3)
+    assert task in done and task.cancelled()
+
+
 async def test_follower_applies_another_writers_changes(store, database_url):
     index = Index(CATALOG)
     follower = Follower(store, index)

@@ -26,6 +26,7 @@ import logging
 import time
 
 from gatehouse.kit import errors
+from gatehouse.kit.aio import wait_event
 from gatehouse_authz.adapters.store import NOTIFY_CHANNEL, Store
 from gatehouse_authz.domain.index import Index
 
@@ -137,8 +138,7 @@ class Follower:
         try:
             while True:
                 interval = self.fallback_interval if self.listening else self.poll_interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), interval)
+                await wait_event(self._wake, interval)
                 self._wake.clear()
                 try:
                     await self.catch_up()
