@@ -22,7 +22,6 @@ Guarantees (also in docs/client.md):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 import grpc
 
 from gatehouse.kit import errors
+from gatehouse.kit.aio import wait_event
 from gatehouse.kit.authz_guard import Decision, split_ref
 from gatehouse.kit.context import Principal
 
@@ -168,8 +168,7 @@ class AuthzClient:
             if remaining <= 0:
                 return False
             self._floor_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._floor_changed.wait(), remaining)
+            await wait_event(self._floor_changed, remaining)
         return True
 
     def _required(self, at_least_revision: int | None) -> int:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import jwt
 
 from gatehouse.kit import errors
+from gatehouse.kit.aio import wait_event
 from gatehouse.kit.context import Principal
 from gatehouse.kit.keys import ALLOWED_ALGORITHMS, PRINCIPAL_CLAIM, PRINCIPAL_TYPES, jwk_to_public_key
 
@@ -158,13 +159,8 @@ class RevocationPoller:
 
     async def is_revoked(self, session_id: str | None, token_id: str | None = None) -> bool:
         self.start()
-        if not self._synced.is_set():
-            try:
-                await asyncio.wait_for(self._synced.wait(), self._initial_wait)
-            except TimeoutError:
-                raise errors.Unavailable(
-                    "session revocations are not available yet", dependency="identity"
-                ) from None
+        if not self._synced.is_set() and not await wait_event(self._synced, self._initial_wait):
+            raise errors.Unavailable("session revocations are not available yet", dependency="identity")
         return await self.revocations.is_revoked(session_id, token_id)
 
 
