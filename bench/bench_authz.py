@@ -7,7 +7,9 @@ One command (``python bench/bench_authz.py``; ``--full`` for the 1,000,000-relat
    workspace with 8 user and 2 group role bindings (10 relationships), groups of 10 members,
    one user ("lookup") who is viewer in 100 workspaces spread over the whole data set;
 2. starts the servers as their own processes (``bench/authz_server.py``): a no-op grpc.aio
-   unary server, and authz (``gatehouse_authz``, all interceptors, real ES256 tokens);
+   unary server on the standard asyncio loop (the issue's baseline), the same no-op on uvloop
+   (the loop the services run on, so the ratio can be read loop for loop), and authz
+   (``gatehouse_authz``, all interceptors, real ES256 tokens, on ``GATEHOUSE_EVENT_LOOP``);
 3. drives each with the same load generator (grpc.aio, N calls in flight, on loopback) for a
    bounded time and prints throughput, p50/p99 latency, server CPU per request (from
    /proc/<pid>/stat), index load time and resident memory, and the ratios to the targets.
