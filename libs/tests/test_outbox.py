@@ -266,3 +266,21 @@ async def test_a_relay_cancelled_right_after_a_wake_stops(db):
     runner.cancel()  # in the same loop iteration as the wake
     done, _ = await asyncio.wait({runner}, timeout=3)
     assert runner in done and runner.cancelled()
+
+
+async def test_a_committed_add_wakes_the_local_relays_of_its_topic(db):
+    async def deliver(entries):
+        pass
+
+    relay = outbox.OutboxRelay(db, "audit.events", deliver, poll_interval=30.0)
+    other = outbox.OutboxRelay(db, "authz", deliver, poll_interval=30.0)
+    await write(db, 2, commit=False)  # rolled back: nobody is woken
+    assert not relay._wake.is_set()
+    async with db.unit_of_work() as uow:
+        await outbox.add(uow.session, "audit.events", b"one")
+        await uow.commit()
+        assert relay._wake.is_set() and not other._wake.is_set()
+        relay._wake.clear()
+        await outbox.add(uow.session, "audit.events", b"two")  # the next transaction of the same unit
+        await uow.commit()
+    assert relay._wake.is_set() and not other._wake.is_set()

@@ -19,6 +19,10 @@ before the "add" it undoes). Producers of such a topic key their entries with
 UUIDv7 within one millisecond) and run the relay with ``ordered=True``: it
 takes entries only from the head of the queue, and nothing while the head waits
 for its retry.
+
+A committed :func:`add` wakes this process's relays of its topic at once, so a
+relay's poll only covers entries it cannot hear about: retries falling due and
+entries written by another process.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gatehouse.kit.aio import wait_event
@@ -100,8 +106,29 @@ class OutboxEntry:
     attempts: int
 
 
+# This process's relays by topic, woken when a transaction that added entries of their topic commits.
+_local_relays: dict[str, weakref.WeakSet[OutboxRelay]] = {}
+
+
+def _wake_after_commit(session: AsyncSession, topic: str) -> None:
+    """Wake the local relays of ``topic`` when the session's transaction commits (once)."""
+    pending: set[str] = session.info.setdefault("gatehouse_outbox_topics", set())
+    if topic in pending:
+        return
+    pending.add(topic)
+
+    def committed(_sync_session) -> None:
+        pending.discard(topic)
+        for relay in list(_local_relays.get(topic, ())):
+            relay.wake()
+
+    event.listen(session.sync_session, "after_commit", committed, once=True)
+
+
 async def add(session: AsyncSession, topic: str, payload: bytes, *, key: str | None = None) -> str:
-    """Write an entry in the caller's transaction; returns its id (the idempotency key)."""
+    """Write an entry in the caller's transaction; returns its id (the idempotency key). When the
+    transaction commits, this process's relays of ``topic`` are woken."""
+    _wake_after_commit(session, topic)
     now = time.time()
     entry_id = key or new_id()
     await session.execute(
@@ -142,6 +169,7 @@ class OutboxRelay:
         self.ordered = ordered
         self._wake = asyncio.Event()
         self._stopping = False
+        _local_relays.setdefault(topic, weakref.WeakSet()).add(self)
 
     def wake(self) -> None:
         """Nudge the relay (e.g. right after a producer committed)."""

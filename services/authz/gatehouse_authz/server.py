@@ -88,13 +88,12 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
     servicer = AuthzServicer(index, store, follower)
     # Audit events of every authz write sit in the outbox (same transaction as the write); this relay
     # delivers them to AuditService/IngestEvents, retrying with back-off while audit is down. Every
-    # committed write wakes it, so its poll is only the fallback (retries, another replica's
-    # entries): once a second instead of five times, which keeps an idle replica's database
-    # queries and CPU (≈ 1.6 % of a core before) off the check path.
+    # committed write wakes it (the outbox wakes local relays on commit), so its poll is only the
+    # fallback (retries, another replica's entries): once a second instead of five times, which
+    # keeps an idle replica's database queries and CPU (≈ 1.6 % of a core before) off the check path.
     relay = audit_log.audit_relay(
         db, runtime.channel("audit"), runtime.service_tokens(), poll_interval=AUDIT_RELAY_POLL
     )
-    store.after_commit = relay.wake
 
     def register(server: grpc.aio.Server) -> None:
         authz_service_pb2_grpc.add_AuthzServiceServicer_to_server(servicer, server)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gatehouse.kit import errors
+from gatehouse.kit import audit_log, errors, outbox
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import upgrade_to_head
 from gatehouse_authz.adapters.follower import Follower
@@ -87,19 +87,28 @@ async def test_idempotent_by_request_id(store):
     assert snapshot == [m.Change("put", t("w", "viewer", "a"))]
 
 
-async def test_after_commit_runs_for_committed_writes_only(store):
-    """The hook that wakes the audit relay: once per committed write, never for a write that
-    changed nothing (failed precondition, replayed request id)."""
-    calls = []
-    store.after_commit = lambda: calls.append(store)
-    await store.write([("touch", t("w", "owner", "o"))], request_id="r1")
-    assert len(calls) == 1
+async def test_a_committed_write_wakes_the_audit_relay_and_nothing_else_does(store):
+    """Audit events of a write go to the outbox in its transaction; the commit wakes the relay at
+    once (its poll is only a fallback), a write that changed nothing (failed precondition,
+    replayed request id) does not."""
+
+    async def deliver(entries):
+        pass
+
+    relay = outbox.OutboxRelay(store.db, audit_log.TOPIC, deliver, poll_interval=30.0)
+
+    async def record(session, revision):
+        await outbox.add(session, audit_log.TOPIC, b"event")
+
+    await store.write([("touch", t("w", "owner", "o"))], request_id="r1", after_write=record)
+    assert relay._wake.is_set()
+    relay._wake.clear()
     with pytest.raises(errors.FailedPrecondition):
-        await store.write([("create", t("w", "owner", "o"))])
-    assert await store.write([("touch", t("w", "viewer", "v"))], request_id="r1") == 1  # a replay
-    assert len(calls) == 1
-    await store.write([("delete", t("w", "owner", "o"))])
-    assert len(calls) == 2
+        await store.write([("create", t("w", "owner", "o"))], after_write=record)
+    replay = await store.write([("touch", t("w", "viewer", "v"))], request_id="r1", after_write=record)
+    assert replay == 1 and not relay._wake.is_set()
+    await store.write([("delete", t("w", "owner", "o"))], after_write=record)
+    assert relay._wake.is_set()
 
 
 async def test_a_follower_cancelled_right_after_a_wake_stops(store):

@@ -70,7 +70,6 @@ async def _load_copy(copy, load, chunk: int = 5000) -> int:
 class Store:
     def __init__(self, db: Database):
         self.db = db
-        self.after_commit = None  # called after every committed write (e.g. to wake the audit relay)
 
     async def snapshot(self) -> tuple[int, list[m.Change]]:
         """Current revision and every tuple and state, read consistently."""
@@ -210,9 +209,7 @@ class Store:
                 # Delivered to every LISTENing replica when (and only if) this transaction commits.
                 await s.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, str(revision))))
             await uow.commit()
-        if self.after_commit is not None:
-            self.after_commit()
-        return revision
+            return revision
 
     async def _replace_parent(self, s, item: m.Tuple) -> list[m.Change]:
         """A resource has one parent: writing a new one removes the old one (in the change log too)."""
