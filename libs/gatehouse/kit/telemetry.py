@@ -206,11 +206,8 @@ def current_context() -> otel_context.Context:
     """OpenTelemetry's current context, with the call's lean server span in it when that is the
     current span (the parent of a CLIENT span started inside a served call)."""
     ctx = otel_context.get_current()
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
-        lean = _lean_span.get()
-        if lean is not None:
-            return trace.set_span_in_context(lean.span(), ctx)
-    return ctx
+    span = current_span()
+    return ctx if span is trace.get_current_span(ctx) else trace.set_span_in_context(span, ctx)
 
 
 _W3C = TraceContextTextMapPropagator()

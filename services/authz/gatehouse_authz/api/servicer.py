@@ -225,7 +225,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         consistency = _batch_consistency(request)
         if consistency.WhichOneof("requirement"):
             for i, item in enumerate(request.items):
-                self._admit(item, f"items[{i}].")
+                self._admit(item, _ITEM_FIELDS[i])
             await self._consistent(consistency, context)
         # The answers are filled in place (no copy into the response), the caller rule is asked
         # once for a service account (who may ask about anyone) and field paths are made only
