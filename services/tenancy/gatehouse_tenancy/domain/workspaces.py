@@ -256,14 +256,7 @@ class Workspaces(Core):
         action = "tenancy.workspace.update_member"
         ws = await self.ws_for(p, ws_id, "manage:members", action)
         async with self.tx() as tx:
-            await tx.repo.lock_organization(ws.organization_id)
-            member = await tx.repo.get_workspace_member(ws.id, ptype, pid)
-            if member is None:
-                raise errors.NotFound("member", member_id)
-            if member.role == "owner":
-                raise errors.FailedPrecondition(
-                    "the owner changes only by transfer", reason="OWNER_CANNOT_BE_REMOVED"
-                )
+            member = await _locked_non_owner(tx, ws, member_id, "the owner changes only by transfer")
             old = member.role
             if old != role:
                 member.role = role
@@ -290,14 +283,9 @@ class Workspaces(Core):
         action = "tenancy.workspace.remove_member"
         ws = await self.ws_for(p, ws_id, "manage:members", action)
         async with self.tx() as tx:
-            await tx.repo.lock_organization(ws.organization_id)
-            member = await tx.repo.get_workspace_member(ws.id, ptype, pid)
-            if member is None:
-                raise errors.NotFound("member", member_id)
-            if member.role == "owner":
-                raise errors.FailedPrecondition(
-                    "the owner cannot be removed; transfer ownership first", reason="OWNER_CANNOT_BE_REMOVED"
-                )
+            member = await _locked_non_owner(
+                tx, ws, member_id, "the owner cannot be removed; transfer ownership first"
+            )
             await tx.repo.delete_workspace_member(ws.id, ptype, pid)
             await tx.authz(("delete", ws_ref(ws.id), member.role, member_id))
             await tx.audit(
@@ -401,3 +389,16 @@ class Workspaces(Core):
                 if org is not None and not org.deleted:
                     return ws
         return None
+
+
+async def _locked_non_owner(tx, ws: m.Workspace, member_id: str, owner_message: str) -> m.WorkspaceMember:
+    """With the organization locked, the workspace member ``member_id`` (NOT_FOUND if none), who
+    must not be the owner (FAILED_PRECONDITION ``owner_message``: the owner changes only by transfer)."""
+    ptype, pid = m.parse_member_id(member_id)
+    await tx.repo.lock_organization(ws.organization_id)
+    member = await tx.repo.get_workspace_member(ws.id, ptype, pid)
+    if member is None:
+        raise errors.NotFound("member", member_id)
+    if member.role == "owner":
+        raise errors.FailedPrecondition(owner_message, reason="OWNER_CANNOT_BE_REMOVED")
+    return member
