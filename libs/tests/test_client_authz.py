@@ -165,6 +165,36 @@ async def test_follow_changes_invalidates_without_a_revision(authz):
         await asyncio.gather(follower, return_exceptions=True)
 
 
+async def test_follow_changes_resumes_past_a_compacted_change_log(authz, database_url):
+    """A floor older than authz's change-log retention: the stream is refused (REVISION_COMPACTED);
+    the client raises its floor to authz's head (no answer cached before it is used again) and
+    follows from there instead of retrying the refused revision forever."""
+    import asyncio
+
+    from gatehouse.kit.db import Database
+    from gatehouse_authz.adapters.store import Store
+
+    _, make, writer, _ = authz
+    for i in range(3):
+        head = await writer.write(touch(f"workspace:w#viewer@user:c{i}"))
+    db = Database(database_url)
+    try:
+        await Store(db).prune(changes_before=time.time() + 60, requests_before=0)  # keeps only `head`
+    finally:
+        await db.dispose()
+    client = make()
+    client.observe_revision(head - 1)  # Watch(since=head - 2): before the horizon
+    follower = asyncio.create_task(client.follow_changes(retry_delay=0.05))
+    try:
+        assert await _eventually(lambda: client.coherent)
+        assert client.revision_floor >= head
+        revision = await writer.write(touch("workspace:w#admin@user:bob"))
+        assert await client.wait_for_revision(revision, timeout=5.0)
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+
 async def test_fails_closed_when_authz_is_down(authz):
     server, make, _, _ = authz
     client = make(timeout=0.3)

@@ -22,6 +22,7 @@ Guarantees (also in docs/client.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -34,6 +35,7 @@ from gatehouse.kit import errors
 from gatehouse.kit.aio import wait_event
 from gatehouse.kit.authz_guard import Decision, split_ref
 from gatehouse.kit.context import Principal
+from gatehouse.kit.status import error_info
 
 log = logging.getLogger("gatehouse.client.authz")
 
@@ -452,15 +454,7 @@ class AuthzClient:
         try:
             while True:
                 try:
-                    since = self._floor
-                    if since == 0:
-                        probe = await self._call(
-                            "ReadRelationships",
-                            self._pb.ReadRelationshipsRequest(
-                                page_size=1, filter={"resource_type": "platform"}
-                            ),
-                        )
-                        since = probe.revision
+                    since = self._floor or await self._head_revision()
                     # Start one revision back so the first message confirms the stream is live.
                     stream = self.stub.Watch(
                         self._pb.WatchRequest(since_revision=max(since - 1, 0)),
@@ -471,8 +465,22 @@ class AuthzClient:
                         self._coherent = True
                 except (grpc.aio.AioRpcError, errors.GatehouseError) as exc:
                     log.warning("authz watch interrupted (%s); checks bypass the cache until it resumes", exc)
+                    info = error_info(exc) if isinstance(exc, grpc.aio.AioRpcError) else None
+                    if info is not None and info.reason == "REVISION_COMPACTED":
+                        # What changed before the log's horizon is unknown: raise the floor to the
+                        # head, so no answer cached before it is used again, and follow from there.
+                        with contextlib.suppress(grpc.aio.AioRpcError, errors.GatehouseError):
+                            self.observe_revision(await self._head_revision())
                 finally:
                     self._coherent = False
                 await asyncio.sleep(retry_delay)
         finally:
             self._following = False
+
+    async def _head_revision(self) -> int:
+        """The revision authz is at (a one-row ReadRelationships answers with it)."""
+        probe = await self._call(
+            "ReadRelationships",
+            self._pb.ReadRelationshipsRequest(page_size=1, filter={"resource_type": "platform"}),
+        )
+        return probe.revision

@@ -129,11 +129,16 @@ def _database_url(var: str, value: str) -> str:
     return value
 
 
-def _seconds(var: str, value: str) -> float:
+def positive_number(var: str, value: str, unit: str = "seconds") -> float:
+    """``value`` (of variable ``var``) as a finite number greater than 0; ConfigError naming ``var``."""
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
-        raise ConfigError(f"{var}: {value!r} is not a number of seconds") from None
-    if seconds <= 0:
-        raise ConfigError(f"{var}: must be greater than 0, got {value!r}")
-    return seconds
+        raise ConfigError(f"{var}: {value!r} is not a number of {unit}") from None
+    if not 0 < number < float("inf"):
+        raise ConfigError(f"{var}: must be a finite number greater than 0, got {value!r}")
+    return number
+
+
+def _seconds(var: str, value: str) -> float:
+    return positive_number(var, value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import pathlib
 
@@ -10,6 +9,7 @@ import grpc
 
 from gatehouse.audit.v1 import audit_service_pb2_grpc
 from gatehouse.client.authz import AuthzClient
+from gatehouse.kit.aio import periodic
 from gatehouse.kit.app import Runtime, run_service
 from gatehouse.kit.config import Settings
 from gatehouse.kit.db import Database
@@ -31,21 +31,14 @@ log = logging.getLogger("gatehouse.audit")
 
 
 def purge_job(audit: Audit, interval: float):
-    """The background task: purge every chain past its retention, every ``interval`` seconds."""
+    """The background task: purge every chain past its retention, at start and every ``interval`` s."""
 
-    async def run() -> None:
-        while True:
-            try:
-                removed = await audit.purge_expired()
-                if removed:
-                    log.info(
-                        "retention purge removed %s events", sum(removed.values()), extra={"removed": removed}
-                    )
-            except Exception:
-                log.exception("retention purge failed; retrying next interval")
-            await asyncio.sleep(interval)
+    async def purge() -> None:
+        removed = await audit.purge_expired()
+        if removed:
+            log.info("retention purge removed %s events", sum(removed.values()), extra={"removed": removed})
 
-    return run
+    return periodic(purge, interval, what="audit retention purge", logger=log, immediately=True)
 
 
 def build(settings: Settings, runtime: Runtime, *, environ=None, token_source=None) -> ServiceSpec:

@@ -6,16 +6,19 @@ the change log); writes go through the store and return a revision.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import time
+from dataclasses import dataclass
 
 import grpc
 
 from gatehouse.authz.v1 import authz_service_pb2_grpc
 from gatehouse.kit import audit_log
+from gatehouse.kit.aio import periodic
 from gatehouse.kit.app import Runtime, run_service
-from gatehouse.kit.config import ConfigError, Settings
+from gatehouse.kit.config import ConfigError, Settings, positive_number
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import migrate_on_start
 from gatehouse.kit.peers import identity_token_verifier
@@ -33,6 +36,41 @@ MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
 
 
 CATALOG_VARIABLE = "GATEHOUSE_AUTHZ_CATALOG"
+CHANGELOG_RETENTION_VARIABLE = "GATEHOUSE_AUTHZ_CHANGELOG_RETENTION_HOURS"
+REQUEST_ID_RETENTION_VARIABLE = "GATEHOUSE_AUTHZ_REQUEST_ID_RETENTION_HOURS"
+PRUNE_INTERVAL_VARIABLE = "GATEHOUSE_AUTHZ_PRUNE_INTERVAL"
+OUTBOX_KEEP = 7 * 86400  # seconds delivered audit events stay in the outbox (as in the other services)
+
+log = logging.getLogger("gatehouse.authz")
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long authz keeps what only serves the recent past (see docs/authz.md, Retention).
+
+    - ``changelog_hours``: change-log entries (what replicas follow and ``Watch`` streams); a
+      replica further behind reloads a snapshot, a watcher gets ``REVISION_COMPACTED``.
+    - ``request_id_hours``: idempotency keys of writes; a retry with the same ``request_id``
+      later than this is applied again.
+    - ``interval``: seconds between pruning runs (which also drop audit events delivered more
+      than a week ago from the outbox).
+    """
+
+    changelog_hours: float = 168.0
+    request_id_hours: float = 24.0
+    interval: float = 3600.0
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> Retention:
+        def number(var: str, default: float, unit: str) -> float:
+            value = environ.get(var)
+            return default if not value else positive_number(var, value, unit)
+
+        return cls(
+            changelog_hours=number(CHANGELOG_RETENTION_VARIABLE, cls.changelog_hours, "hours"),
+            request_id_hours=number(REQUEST_ID_RETENTION_VARIABLE, cls.request_id_hours, "hours"),
+            interval=number(PRUNE_INTERVAL_VARIABLE, cls.interval, "seconds"),
+        )
 
 
 def load_configured_catalog(environ=os.environ):
@@ -81,6 +119,7 @@ AUDIT_RELAY_POLL = 1.0  # seconds; writes wake the relay at once
 
 def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
     catalog = load_configured_catalog()
+    retention = Retention.from_env()
     db = Database(settings.database_url)
     store = Store(db)
     index = Index(catalog)
@@ -98,13 +137,33 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
     def register(server: grpc.aio.Server) -> None:
         authz_service_pb2_grpc.add_AuthzServiceServicer_to_server(servicer, server)
 
+    async def prune() -> None:
+        now = time.time()
+        changes, requests = await store.prune(
+            changes_before=now - retention.changelog_hours * 3600,
+            requests_before=now - retention.request_id_hours * 3600,
+        )
+        delivered = await relay.purge_delivered(older_than=OUTBOX_KEEP)
+        if changes or requests or delivered:
+            log.info(
+                "pruned %d change-log entries, %d request ids, %d delivered audit events",
+                changes,
+                requests,
+                delivered,
+                extra={"changelog": changes, "request_ids": requests, "outbox": delivered},
+            )
+
     return ServiceSpec(
         name=SERVICE,
         service_names=SERVICE_NAMES,
         register=register,
         public_methods=PUBLIC_METHODS,
         on_start=[migrate_on_start(MIGRATIONS, settings.database_url), follower.load],
-        background=[follower.run, relay.run],
+        background=[
+            follower.run,
+            relay.run,
+            periodic(prune, retention.interval, what="authz retention pruning", logger=log),
+        ],
         on_stop=[db.dispose],
         depends_on=("identity",),
         verifier=CachedVerifier(identity_token_verifier(settings, runtime.channel("identity"))),

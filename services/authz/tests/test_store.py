@@ -12,7 +12,8 @@ from gatehouse.kit import audit_log, errors, outbox
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import upgrade_to_head
 from gatehouse_authz.adapters.follower import Follower
-from gatehouse_authz.adapters.store import Filter, Store
+from gatehouse_authz.adapters.store import ChangeLogCompacted, Filter, Store
+from gatehouse_authz.adapters.tables import changelog
 from gatehouse_authz.domain import model as m
 from gatehouse_authz.domain.catalog import load_catalog
 from gatehouse_authz.domain.index import Index
@@ -160,3 +161,75 @@ async def test_a_new_parent_replaces_the_old_one(store):
         index.apply(changes, revision)
     assert index.parent[("workspace", "w")] == ("organization", "o2")
     assert ("workspace", "w") not in index.children.get(("organization", "o1"), ())
+
+
+# ---- retention ----------------------------------------------------------------------------
+
+
+async def _age_change_log(store: Store, up_to: int, seconds: float) -> None:
+    """Backdate the change-log entries up to revision ``up_to`` by ``seconds``."""
+    import sqlalchemy as sa
+
+    async with store.db.unit_of_work() as uow:
+        await uow.session.execute(
+            changelog.update()
+            .where(changelog.c.revision <= up_to)
+            .values(created_at=changelog.c.created_at - sa.literal(seconds))
+        )
+        await uow.commit()
+
+
+async def test_pruning_removes_the_oldest_entries_and_keeps_the_newest(store):
+    for i in range(5):
+        await store.write([("touch", t("w", "viewer", f"u{i}"))])
+    await _age_change_log(store, 3, 3600)
+    now = time.time()
+    assert await store.prune(changes_before=now - 60, requests_before=now - 60) == (3, 0)
+    assert [r for r, _ in await store.changes_since(3)] == [4, 5]  # the tail is still followable
+    with pytest.raises(ChangeLogCompacted) as gone:
+        await store.changes_since(2)  # revision 3 is gone: never a silent skip to 4
+    assert (gone.value.since, gone.value.oldest) == (2, 4)
+    # Everything is older than the cut: all but the newest entry go (the head stays followable).
+    assert await store.prune(changes_before=time.time() + 60, requests_before=0) == (1, 0)
+    assert [r for r, _ in await store.changes_since(4)] == [5]
+    assert await store.changes_since(5) == []
+    assert await store.prune(changes_before=time.time() + 60, requests_before=0) == (0, 0)
+    # The data itself is untouched.
+    revision, snapshot = await store.snapshot()
+    assert revision == 5 and len(snapshot) == 5
+
+
+async def test_pruned_request_ids_no_longer_deduplicate(store):
+    first = await store.write([("touch", t("w", "viewer", "a"))], request_id="r1")
+    assert await store.write([("touch", t("w", "viewer", "a"))], request_id="r1") == first
+    assert await store.prune(changes_before=0, requests_before=time.time() - 60) == (0, 0)
+    assert await store.write([("touch", t("w", "viewer", "a"))], request_id="r1") == first
+    assert await store.prune(changes_before=0, requests_before=time.time() + 1) == (0, 1)
+    assert await store.write([("touch", t("w", "viewer", "a"))], request_id="r1") == first + 1
+
+
+async def test_a_follower_behind_the_retention_reloads_a_snapshot(store):
+    index = Index(CATALOG)
+    follower = Follower(store, index)
+    await store.write([("touch", t("w", "admin", "a")), ("touch", t("w", "viewer", "c"))])
+    await follower.load()
+    assert index.revision == 1
+    # While this replica is away: a revocation and a new binding, then the log is pruned past it.
+    await store.write([("delete", t("w", "admin", "a"))])
+    await store.write([("touch", t("w", "viewer", "b"))])
+    await store.write([("touch", t("x", "viewer", "c"))])
+    await store.prune(changes_before=time.time() + 60, requests_before=0)
+    assert [r for r, _ in await store.changes_since(3)] == [4]
+
+    served = index  # what the servicer holds: the same object must see the reload
+    assert await follower.catch_up() == 4
+    assert follower.reloads == 1
+    assert not served.check(("user", "a"), ("workspace", "w"), "manage:members").allowed  # revoked
+    assert served.check(("user", "b"), ("workspace", "w"), "chat").allowed
+    assert served.check(("user", "c"), ("workspace", "x"), "chat").allowed
+    fresh = Index(CATALOG)
+    await store.load_into(fresh)
+    assert (served.roles, served.bound, served.revision) == (fresh.roles, fresh.bound, fresh.revision)
+    # Back within the log: plain following again, no further reload.
+    await store.write([("touch", t("w", "viewer", "d"))])
+    assert await follower.catch_up() == 5 and follower.reloads == 1

@@ -9,7 +9,7 @@ and the authz relay (subject-state writes for DisableUser / EnableUser).
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import pathlib
 import time
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from gatehouse.identity.v1 import identity_service_pb2_grpc
+from gatehouse.kit.aio import periodic
 from gatehouse.kit.app import Runtime, run_service
 from gatehouse.kit.audit_log import audit_relay
 from gatehouse.kit.config import ConfigError, Settings
@@ -36,7 +37,10 @@ from gatehouse_identity.api.servicer import IdentityServicer
 from gatehouse_identity.config import IdentityConfig
 from gatehouse_identity.domain.service import IdentityService
 
+log = logging.getLogger("gatehouse.identity")
+
 SERVICE = "identity"
+HOUSEKEEPING_INTERVAL = 600.0  # seconds between housekeeping runs
 SERVICE_NAMES = ("gatehouse.identity.v1.IdentityService",)
 PUBLIC_METHODS = frozenset(
     {
@@ -106,13 +110,11 @@ def assemble(settings: Settings, runtime: Runtime, config: IdentityConfig | None
             await provision_service_accounts(service, settings.data_dir)
 
     async def housekeeping() -> None:
-        """Every 10 minutes: drop expired revocations, throttles, tokens; delivered outbox entries after 7 days."""
-        while True:
-            await asyncio.sleep(600)
-            async with store.transaction() as tx:
-                await tx.purge_expired(time.time(), throttle_window=config.lockout_window)
-                await tx.commit()
-            await relays[0].purge_delivered(7 * 86400)
+        """Drop expired revocations, throttles, tokens; delivered outbox entries after 7 days."""
+        async with store.transaction() as tx:
+            await tx.purge_expired(time.time(), throttle_window=config.lockout_window)
+            await tx.commit()
+        await relays[0].purge_delivered(7 * 86400)
 
     spec = ServiceSpec(
         name=SERVICE,
@@ -125,7 +127,11 @@ def assemble(settings: Settings, runtime: Runtime, config: IdentityConfig | None
             provision,
             poller.poll_once,
         ],
-        background=[poller.run, housekeeping, *(relay.run for relay in relays)],
+        background=[
+            poller.run,
+            periodic(housekeeping, HOUSEKEEPING_INTERVAL, what="identity housekeeping", logger=log),
+            *(relay.run for relay in relays),
+        ],
         on_stop=[poller.stop, db.dispose],
         depends_on=(),  # never "authz": authz needs identity's JWKS to start
         verifier=verifier.verify,

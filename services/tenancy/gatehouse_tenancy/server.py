@@ -7,7 +7,6 @@ job (removes soft-deleted organizations and workspaces after their retention).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import pathlib
@@ -15,9 +14,10 @@ import signal
 
 import grpc
 
+from gatehouse.kit.aio import periodic
 from gatehouse.kit.app import Runtime, run_service
 from gatehouse.kit.audit_log import audit_relay
-from gatehouse.kit.config import Settings
+from gatehouse.kit.config import Settings, positive_number
 from gatehouse.kit.db import Database
 from gatehouse.kit.migrations import migrate_on_start
 from gatehouse.kit.server import ServiceSpec
@@ -98,19 +98,14 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(tenancy), server)
         group_service_pb2_grpc.add_GroupServiceServicer_to_server(GroupServicer(tenancy), server)
 
-    interval = float(os.environ.get(PURGE_INTERVAL_VARIABLE) or 3600)
+    interval = positive_number(PURGE_INTERVAL_VARIABLE, os.environ.get(PURGE_INTERVAL_VARIABLE) or "3600")
 
-    async def purge_job() -> None:
-        while True:
-            try:
-                purged = await tenancy.invitations.purge_expired()
-                if purged:
-                    log.info("purged %s deleted organizations/workspaces", purged)
-                # delivered outbox entries (authz and audit) are kept a week for inspection
-                await delivery.relay.purge_delivered(older_than=OUTBOX_KEEP)
-            except Exception:
-                log.exception("purge job failed; retrying later")
-            await asyncio.sleep(interval)
+    async def purge() -> None:
+        purged = await tenancy.invitations.purge_expired()
+        if purged:
+            log.info("purged %s deleted organizations/workspaces", purged)
+        # delivered outbox entries (authz and audit) are kept a week for inspection
+        await delivery.relay.purge_delivered(older_than=OUTBOX_KEEP)
 
     return ServiceSpec(
         name=SERVICE,
@@ -118,7 +113,11 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         register=register,
         public_methods=PUBLIC_METHODS,
         on_start=[migrate_on_start(MIGRATIONS, settings.database_url)],
-        background=[audit.run, delivery.run, purge_job],
+        background=[
+            audit.run,
+            delivery.run,
+            periodic(purge, interval, what="tenancy purge", logger=log, immediately=True),
+        ],
         on_stop=[db.dispose],
         depends_on=("identity", "authz"),
     )

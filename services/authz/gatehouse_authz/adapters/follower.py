@@ -12,6 +12,11 @@ changes in order. What wakes it:
 - on SQLite (one machine, development) polling every ``poll_interval``;
 - a caller waiting for ``at_least_revision`` (it nudges the task at once).
 
+A replica that falls behind the change log's retention (disconnected from the
+database for longer than it keeps entries) cannot follow the log any more: it
+loads a fresh snapshot into a new index and swaps it in, answering from the old
+one until then (:meth:`Follower.catch_up`).
+
 Waiting callers never touch the database themselves: they wait on a condition
 the follower signals after each applied batch, so a cancelled or timed-out call
 leaves nothing behind.
@@ -27,7 +32,7 @@ import time
 
 from gatehouse.kit import errors
 from gatehouse.kit.aio import wait_event
-from gatehouse_authz.adapters.store import NOTIFY_CHANNEL, Store
+from gatehouse_authz.adapters.store import NOTIFY_CHANNEL, ChangeLogCompacted, Store
 from gatehouse_authz.domain.index import Index
 
 log = logging.getLogger("gatehouse.authz.follower")
@@ -64,10 +69,12 @@ class Follower:
         self._running = False
         self.listening = False  # True while a LISTEN connection is up (PostgreSQL)
         self.load_seconds = 0.0
+        self.reloads = 0  # snapshot reloads after falling behind the change log's retention
 
-    async def load(self) -> None:
+    async def load(self, index: Index | None = None) -> None:
+        """Load a consistent snapshot into ``index`` (default: the served index, at start)."""
         started = time.perf_counter()
-        revision, count = await self.store.load_into(self.index)
+        revision, count = await self.store.load_into(self.index if index is None else index)
         if count >= FREEZE_ABOVE:
             # A large index is millions of long-lived objects: keep the cyclic garbage collector
             # from walking them on every full collection (pauses of tens of ms at a million rows).
@@ -76,11 +83,29 @@ class Follower:
         self.load_seconds = time.perf_counter() - started
         log.info("index loaded: %d items at revision %d in %.2fs", count, revision, self.load_seconds)
 
+    async def _reload(self, compacted: ChangeLogCompacted) -> None:
+        """The log no longer reaches back to the index's revision: load a snapshot into a new
+        index, then swap it in (checks keep being answered from the old one meanwhile)."""
+        log.warning(
+            "index at revision %d is behind the change log's retention (it starts at %d): reloading",
+            compacted.since,
+            compacted.oldest,
+            extra={"revision": compacted.since, "oldest_revision": compacted.oldest},
+        )
+        fresh = Index(self.index.catalog)
+        await self.load(fresh)
+        self.index.replace_with(fresh)
+        self.reloads += 1
+
     async def catch_up(self) -> int:
         """Apply every committed change after the index's revision; returns the new revision."""
         async with self._lock:
             while True:
-                batch = await shielded(self.store.changes_since(self.index.revision))
+                try:
+                    batch = await shielded(self.store.changes_since(self.index.revision))
+                except ChangeLogCompacted as compacted:
+                    await self._reload(compacted)
+                    continue
                 if not batch:
                     break
                 for revision, changes in batch:

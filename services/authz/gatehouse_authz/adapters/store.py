@@ -3,6 +3,10 @@
 Writes take the revision row's lock first (``UPDATE authz_meta``), so writers
 are serialized and revisions commit in order: a follower reading the change
 log by revision can never skip a change that commits later with a lower number.
+Every committed revision has its change-log entry, so the log is gapless; pruning
+(:meth:`Store.prune`) only ever removes its oldest entries, so what is left is
+every revision after the horizon, and a reader that asks for older ones learns
+so (:class:`ChangeLogCompacted`) instead of silently missing them.
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ def decode_changes(text: str) -> list[m.Change]:
         item = m.Tuple(*c["t"]) if "t" in c else m.State(*c["s"])
         out.append(m.Change(c["op"], item))
     return out
+
+
+class ChangeLogCompacted(Exception):
+    """The change log no longer holds every revision after ``since``: entries up to
+    ``oldest - 1`` were pruned (retention). The reader must start again from a snapshot."""
+
+    def __init__(self, since: int, oldest: int):
+        super().__init__(f"the change log starts at revision {oldest}; revisions after {since} are gone")
+        self.since, self.oldest = since, oldest
 
 
 async def _load_copy(copy, load, chunk: int = 5000) -> int:
@@ -137,14 +150,55 @@ class Store:
             return (await uow.session.execute(sa.select(meta.c.revision).where(meta.c.id == 1))).scalar_one()
 
     async def changes_since(self, revision: int, limit: int = 1000) -> list[tuple[int, list[m.Change]]]:
+        """The change-log entries after ``revision``, oldest first (at most ``limit``).
+
+        Raises :class:`ChangeLogCompacted` when the entry right after ``revision`` was pruned:
+        the log is gapless, so a first entry other than ``revision + 1`` means changes are gone.
+        """
         async with self.db.unit_of_work() as uow:
-            rows = await uow.session.execute(
-                sa.select(changelog.c.revision, changelog.c.changes)
-                .where(changelog.c.revision > revision)
-                .order_by(changelog.c.revision)
-                .limit(limit)
-            )
-            return [(r.revision, decode_changes(r.changes)) for r in rows]
+            rows = (
+                await uow.session.execute(
+                    sa.select(changelog.c.revision, changelog.c.changes)
+                    .where(changelog.c.revision > revision)
+                    .order_by(changelog.c.revision)
+                    .limit(limit)
+                )
+            ).all()
+        if rows and rows[0].revision != revision + 1:
+            raise ChangeLogCompacted(revision, rows[0].revision)
+        return [(r.revision, decode_changes(r.changes)) for r in rows]
+
+    async def prune(self, *, changes_before: float, requests_before: float) -> tuple[int, int]:
+        """Retention: remove change-log entries written before ``changes_before`` and idempotency
+        keys recorded before ``requests_before`` (Unix times); returns how many of each.
+
+        Change-log entries go oldest first, up to the newest one written before the cut, and
+        the newest entry of all is always kept, so the log stays a gapless run of revisions
+        ending at the head (and a replica or watcher one revision behind can always follow).
+        """
+        async with self.db.unit_of_work() as uow:
+            s = uow.session
+            newest, cut = (
+                await s.execute(
+                    sa.select(
+                        sa.func.max(changelog.c.revision),
+                        sa.select(sa.func.max(changelog.c.revision))
+                        .where(changelog.c.created_at < changes_before)
+                        .scalar_subquery(),
+                    )
+                )
+            ).one()
+            changes = 0
+            if cut is not None and min(cut, newest - 1) > 0:
+                deleted = await s.execute(
+                    changelog.delete().where(changelog.c.revision <= min(cut, newest - 1))
+                )
+                changes = deleted.rowcount
+            requests = (
+                await s.execute(write_requests.delete().where(write_requests.c.created_at < requests_before))
+            ).rowcount
+            await uow.commit()
+        return changes, requests
 
     async def write(
         self,

@@ -10,7 +10,7 @@ from gatehouse.kit.interceptors import require_principal, require_service_accoun
 from gatehouse.kit.pagination import decode_token, encode_token, page_after, page_size
 from gatehouse.type.v1 import refs_pb2
 from gatehouse_authz.adapters.follower import Follower, shielded
-from gatehouse_authz.adapters.store import Filter, Store
+from gatehouse_authz.adapters.store import ChangeLogCompacted, Filter, Store
 from gatehouse_authz.domain import model as m
 from gatehouse_authz.domain.index import Index, UnknownCapability, UnknownType
 
@@ -602,9 +602,19 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
     async def Watch(self, request, context):
         require_service_account()
         since = request.since_revision
+        if since < 0:
+            raise errors.InvalidArgument.field("since_revision", "must be 0 or more")
         types = set(request.resource_types)
         while True:
-            batch = await shielded(self.store.changes_since(since, limit=500))
+            try:
+                batch = await shielded(self.store.changes_since(since, limit=500))
+            except ChangeLogCompacted as gone:
+                raise errors.FailedPrecondition(
+                    f"revisions after {since} are no longer in the change log (it starts at "
+                    f"{gone.oldest}); re-read with ReadRelationships and watch from its revision",
+                    reason="REVISION_COMPACTED",
+                    metadata={"since_revision": str(since), "oldest_revision": str(gone.oldest)},
+                ) from None
             if not batch:
                 # Woken by the follower when a newer revision is applied (no polling per watcher).
                 await self.follower.wait_beyond(since, timeout=WATCH_IDLE)

@@ -86,6 +86,11 @@ class Index:
         self._role_sets: dict[frozenset[str], frozenset[str]] = {}  # interned role sets
         self._strings: dict[str, str] = {}  # interned ids and names
 
+    def replace_with(self, other: Index) -> None:
+        """Become ``other`` (a freshly loaded index) in one step: whoever holds this object sees
+        the old contents or the new, never a mix or an empty index."""
+        self.__dict__.update(other.__dict__)
+
     def _ref(self, rtype: str, rid: str) -> m.Ref:
         ref = (rtype, rid)
         found = self._refs.get(ref)
