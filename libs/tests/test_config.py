@@ -66,6 +66,26 @@ def test_service_process_exits_with_the_variable_named(tmp_path):
     assert "GATEHOUSE_LOG_LEVEL" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("module", "variable", "value"),
+    [
+        ("gatehouse_authz", "GATEHOUSE_AUTHZ_PRUNE_INTERVAL", "hourly"),
+        ("gatehouse_authz", "GATEHOUSE_AUTHZ_CHANGELOG_RETENTION_HOURS", "0"),
+        ("gatehouse_tenancy", "GATEHOUSE_TENANCY_PURGE_INTERVAL", "-5"),
+    ],
+)
+def test_housekeeping_settings_stop_the_process_with_the_variable_named(tmp_path, module, variable, value):
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        env={"GATEHOUSE_DATA_DIR": str(tmp_path), variable: value, "PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert variable in proc.stderr
+
+
 def test_ids_are_sortable_uuid7():
     ids = [new_id() for _ in range(200)]
     assert all(i[14] == "7" for i in ids)
