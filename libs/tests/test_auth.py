@@ -86,6 +86,14 @@ async def test_good_user_and_service_tokens(verifier, key):
     assert p.subject == "user:u1" and p.token_id
     s = await verifier.verify(token(key, subject="svc1", principal_type="service", session_id=None))
     assert s.subject == "service:svc1" and s.is_service and s.session_id is None
+    assert s.service_name is None and p.service_name is None  # no name claim: no name
+    named = await verifier.verify(
+        token(key, subject="svc1", principal_type="service", session_id=None, extra={"svc": "tenancy"})
+    )
+    assert named.service_name == "tenancy"
+    # a user token cannot claim to be a service by carrying the claim
+    user = await verifier.verify(token(key, extra={"svc": "tenancy"}))
+    assert user.service_name is None
 
 
 async def test_expired(verifier, key):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass, field
 
+SERVICE_NAME_CLAIM = "svc"  # service tokens: the service account's name (what it records audit events as)
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -30,6 +32,12 @@ class Principal:
     @property
     def is_service(self) -> bool:
         return self.kind == "service"
+
+    @property
+    def service_name(self) -> str | None:
+        """A service account's name, from its token (identity signs it in); None for users."""
+        name = self.claims.get(SERVICE_NAME_CLAIM) if self.is_service else None
+        return name if isinstance(name, str) and name else None
 
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gatehouse.kit.auth import JwksCache, TokenVerifier
+from gatehouse.kit.context import SERVICE_NAME_CLAIM
 from gatehouse.kit.keys import generate_signing_key, issue_token, public_jwk
 
 ISSUER = AUDIENCE = "gatehouse"
@@ -31,7 +32,14 @@ class TokenMint:
         )
 
     def service(self, name: str = "tenancy") -> str:
-        return issue_token(self.key, issuer=ISSUER, audience=AUDIENCE, subject=name, principal_type="service")
+        return issue_token(
+            self.key,
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            subject=name,
+            principal_type="service",
+            extra={SERVICE_NAME_CLAIM: name},
+        )
 
     @staticmethod
     def md(token: str) -> list[tuple[str, str]]:

@@ -15,9 +15,10 @@ from gatehouse.audit.v1 import audit_service_pb2_grpc
 from gatehouse.authz.v1 import authz_service_pb2 as apb
 from gatehouse.authz.v1 import authz_service_pb2_grpc, relationship_pb2
 from gatehouse.kit.db import Database
+from gatehouse.kit.keys import issue_token
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.testing.db import make_database_url
-from gatehouse.testing.tokens import TokenMint
+from gatehouse.testing.tokens import AUDIENCE, ISSUER, TokenMint
 from gatehouse_audit.adapters.tables import events as events_table
 from gatehouse_audit.domain.usecases import READ_ACTION
 from services.audit.tests.helpers import event, generate_keys_env, start_audit
@@ -62,8 +63,15 @@ async def stack(tmp_path, database_url, request):
         "platform": [event("", action="identity.user.create") for _ in range(5)],
     }
     everything = [e for group in trail.values() for e in group]
-    answer = await stub.IngestEvents(pb.IngestEventsRequest(events=everything), metadata=svc)
-    assert (answer.accepted_count, answer.duplicate_count) == (80, 0)
+    accepted = 0
+    for group in trail.values():  # in order; each service sends its own events, with its own token
+        service = group[0].service
+        answer = await stub.IngestEvents(
+            pb.IngestEventsRequest(events=group), metadata=mint.md(mint.service(service))
+        )
+        assert answer.duplicate_count == 0
+        accepted += answer.accepted_count
+    assert accepted == len(everything) == 80
 
     def user(name):
         return mint.md(mint.user(name))
@@ -73,7 +81,7 @@ async def stack(tmp_path, database_url, request):
         user,
         svc,
         trail,
-        {"audit": audit, "authz": authz, "db": database_url, "authz_port": authz_port},
+        {"audit": audit, "authz": authz, "db": database_url, "authz_port": authz_port, "mint": mint},
     )
     await channel.close()
     await audit.stop(0)
@@ -217,13 +225,43 @@ async def test_ingest_rules(stack):
         stub.IngestEvents(pb.IngestEventsRequest(events=[forged]), metadata=svc),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert [v.field for v in bad_request(err).field_violations] == ["events[0].action"]
+    # reserved for audit, and not the caller's own service either
+    assert sorted(v.field for v in bad_request(err).field_violations) == [
+        "events[0].action",
+        "events[0].service",
+    ]
     too_many = [event("A") for _ in range(1001)]
     err = await denied(
         stub.IngestEvents(pb.IngestEventsRequest(events=too_many), metadata=svc),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert bad_request(err).field_violations[0].field == "events"
+
+
+async def test_a_service_records_only_its_own_events(stack):
+    stub, user, svc, _, parts = stack
+    impostor = event("A", action="identity.login.succeeded")  # identity's event, sent with tenancy's token
+    own = event("A", action="tenancy.group.create")
+    err = await denied(
+        stub.IngestEvents(pb.IngestEventsRequest(events=[own, impostor]), metadata=svc),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    [violation] = bad_request(err).field_violations
+    assert violation.field == "events[1].service" and "'tenancy'" in violation.description
+    listed = await stub.ListEvents(
+        pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A"), page_size=1000),
+        metadata=user("root"),
+    )
+    assert {own.id, impostor.id}.isdisjoint(e.id for e in listed.events)  # nothing of the call was stored
+    # A service token without the name (issued before identity signed it in) may not ingest at all.
+    mint = parts["mint"]
+    nameless = issue_token(
+        mint.key, issuer=ISSUER, audience=AUDIENCE, subject="tenancy", principal_type="service"
+    )
+    err = await denied(stub.IngestEvents(pb.IngestEventsRequest(events=[own]), metadata=mint.md(nameless)))
+    assert error_info(err).reason == "SERVICE_ACCOUNT_REQUIRED"
+    answer = await stub.IngestEvents(pb.IngestEventsRequest(events=[own]), metadata=svc)
+    assert answer.accepted_count == 1
 
 
 async def test_page_token_is_bound_to_its_filter(stack):

@@ -26,6 +26,7 @@ async def test_provisioned_credentials_issue_service_tokens(identity):
     )
     principal = await identity.identity.spec.verifier(issued.access_token)
     assert principal.kind == "service" and principal.claims["pt"] == "service"
+    assert principal.service_name == "tenancy"  # signed in: what audit accepts its events as
     user_id = await identity.create_user()
     batch = await identity.stub.BatchGetUsers(
         pb.BatchGetUsersRequest(user_ids=[user_id]), metadata=md(issued.access_token)

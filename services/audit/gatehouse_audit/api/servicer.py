@@ -54,11 +54,23 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
 
     # ---- ingest ---------------------------------------------------------------
     async def IngestEvents(self, request, context):
-        require_service_account()
+        caller = require_service_account()
+        name = caller.service_name
+        if name is None:
+            raise errors.PermissionDenied(
+                "this service token carries no service name (issued before audit required one); "
+                "get a new token from identity",
+                reason="SERVICE_ACCOUNT_REQUIRED",
+            )
         if len(request.events) > MAX_BATCH:
             raise errors.InvalidArgument.field("events", f"at most {MAX_BATCH} events per call")
         errs = ErrorCollector()
         batch = [event_from_pb(e, f"events[{i}]", errs) for i, e in enumerate(request.events)]
+        for i, e in enumerate(request.events):
+            # A service records only its own events: one service's credentials cannot put words in
+            # another's mouth (the name is signed into the token by identity).
+            if e.service and e.service != name:
+                errs.add(f"events[{i}].service", f"must be {name!r}, the calling service account")
         errs.raise_if_any()
         result = await self.audit.ingest(batch)
         return pb.IngestEventsResponse(accepted_count=result.accepted, duplicate_count=result.duplicates)

@@ -190,6 +190,7 @@ class Keyring:
         ttl: int,
         session_id: str | None = None,
         amr: tuple[str, ...] = (),
+        extra: dict | None = None,
     ) -> IssuedToken:
         key = await self.current()
         now = int(time.time())
@@ -203,5 +204,6 @@ class Keyring:
             amr=amr,
             ttl_seconds=ttl,
             now=now,
+            extra=extra,
         )
         return IssuedToken(token, float(now + ttl))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gatehouse.kit import errors
-from gatehouse.kit.context import ClientInfo, Principal
+from gatehouse.kit.context import SERVICE_NAME_CLAIM, ClientInfo, Principal
 from gatehouse.kit.errors import ErrorCollector
 from gatehouse.kit.ids import new_id
 from gatehouse.kit.keys import public_jwk
@@ -792,12 +792,14 @@ class IdentityService:
         return await self.service_token(account)
 
     async def service_token(self, account: m.ServiceAccount) -> m.IssuedToken:
-        """A service token; its ``sid`` is the account id, so deleting the account revokes its tokens."""
+        """A service token; its ``sid`` is the account id, so deleting the account revokes its tokens,
+        and it carries the account's name (audit accepts events only of the service that sends them)."""
         return await self.keys.issue(
             subject=account.id,
             principal_type="service",
             ttl=self.config.service_token_ttl,
             session_id=account.id,
+            extra={SERVICE_NAME_CLAIM: account.name},
         )
 
     async def list_service_accounts(
