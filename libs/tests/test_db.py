@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import sqlalchemy as sa
 
 from gatehouse.kit.db import Database
-from gatehouse.kit.migrations import upgrade_to_head
+from gatehouse.kit.migrations import migration_lock, upgrade_to_head
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 meta = sa.MetaData()
@@ -72,3 +75,55 @@ async def test_service_migrations_create_tables_and_are_idempotent(database_url,
         assert "outbox" in tables and "alembic_version" in tables
     finally:
         await db.dispose()
+
+
+def _upgrade_process(database_url: str) -> subprocess.Popen:
+    """``python -m gatehouse.kit.migrations`` of authz's tree: a replica's start-up upgrade."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gatehouse.kit.migrations",
+            str(ROOT / "services/authz/migrations"),
+            database_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def _tables(database_url: str) -> list[str]:
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
+            return await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+    finally:
+        await db.dispose()
+
+
+async def test_an_upgrade_waits_while_another_process_migrates(database_url):
+    with migration_lock(database_url):  # "another replica" is migrating
+        proc = _upgrade_process(database_url)
+        await asyncio.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()[1]  # still waiting for the lock
+        assert "changelog" not in await _tables(database_url)
+    _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
+    assert "changelog" in await _tables(database_url)
+
+
+async def test_replicas_starting_together_all_upgrade(database_url):
+    """Four processes upgrading one fresh database at once (unlocked, 3 of 4 such trials failed on
+    PostgreSQL with duplicate catalog entries): every one succeeds, the schema is at head once."""
+    procs = [_upgrade_process(database_url) for _ in range(4)]
+    for proc in procs:
+        _, err = await asyncio.to_thread(proc.communicate, timeout=90)
+        assert proc.returncode == 0, err
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
+            versions = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
+    finally:
+        await db.dispose()
+    assert len(versions) == 1
