@@ -146,6 +146,15 @@ async def serve_authz() -> None:
     from gatehouse_authz.server import CachedVerifier, build
 
     jwk = json.loads(os.environ["BENCH_JWK"])
+    if os.environ.get("BENCH_REUSEPORT") == "1":
+        # Measurement variant (bench/bench_authz.py --variants): several processes on one port.
+        # grpc takes the first value of a repeated option, so this one wins over the kit's 0.
+        plain = grpc.aio.server
+
+        def server_sharing_the_port(*args, options=(), **kwargs):
+            return plain(*args, options=[("grpc.so_reuseport", 1), *options], **kwargs)
+
+        grpc.aio.server = server_sharing_the_port
 
     async def fetch() -> list[dict]:
         return [jwk]

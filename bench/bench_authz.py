@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -177,6 +178,29 @@ class Server:
             self.proc.wait(5)
 
 
+class ServerGroup:
+    """Several authz processes sharing one port (SO_REUSEPORT): the kernel spreads connections."""
+
+    def __init__(self, count: int, env: dict[str, str]):
+        with socket.socket() as probe:  # a free port for the group
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**env, "GATEHOUSE_LISTEN_ADDRESS": f"127.0.0.1:{port}", "BENCH_REUSEPORT": "1"}
+        self.servers = [Server("authz", env) for _ in range(count)]
+        self.port = port
+        self.proc = self.servers[0].proc
+
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds() for s in self.servers)
+
+    def rss_mb(self) -> float:
+        return sum(s.rss_mb() for s in self.servers)
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
     import selectors
 
@@ -192,17 +216,32 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
 
 
 # ---- load generator ---------------------------------------------------------------------
-async def drive(server: Server, method: str, payloads: list[bytes], md, *, concurrency: int, duration: float):
-    """Calls ``method`` with ``concurrency`` in flight for ``duration`` s; figures of the run."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        rpc = channel.unary_unary(method)
-        for p in payloads[:100]:  # warm-up
-            await rpc(p, metadata=md, timeout=10)
+async def drive(
+    server: Server,
+    method: str,
+    payloads: list[bytes],
+    md,
+    *,
+    concurrency: int,
+    duration: float,
+    channels: int = 1,
+):
+    """Calls ``method`` with ``concurrency`` in flight for ``duration`` s over ``channels``
+    connections (the workers take turns); figures of the run."""
+    address = f"127.0.0.1:{server.port}"
+    # distinct channel arguments: grpc would otherwise share one connection between the channels
+    opened = [
+        grpc.aio.insecure_channel(address, options=[("gatehouse.bench.channel", k)]) for k in range(channels)
+    ]
+    try:
+        rpcs = [channel.unary_unary(method) for channel in opened]
+        for k, p in enumerate(payloads[:100]):  # warm-up
+            await rpcs[k % channels](p, metadata=md, timeout=10)
         latencies: list[float] = []
         stop = time.monotonic() + duration
 
         async def worker(k: int) -> None:
-            i = k
+            i, rpc = k, rpcs[k % channels]
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
                 await rpc(payloads[i % len(payloads)], metadata=md, timeout=10)
@@ -213,6 +252,9 @@ async def drive(server: Server, method: str, payloads: list[bytes], md, *, concu
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed, cpu = time.monotonic() - t0, server.cpu_seconds() - cpu0
         client_cpu = time.process_time() - mine0
+    finally:
+        for channel in opened:
+            await channel.close()
     latencies.sort()
     n = len(latencies)
     return {
@@ -388,12 +430,40 @@ async def main(args) -> dict:
                 variant = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url, **extra})
                 servers.append(variant)
                 phases[key] = (label, variant, CHECK, payloads, args.concurrency)
+            # Server model: two authz processes on one port, against the no-op over as many
+            # connections (the kernel balances connections, not calls: 8 spread well enough).
+            group = ServerGroup(2, {**base_env, "GATEHOUSE_DATABASE_URL": small.url})
+            servers.extend(group.servers)
+            phases["noop_8ch"] = (
+                "no-op, 8 connections         ",
+                noop,
+                NOOP_METHOD,
+                payloads,
+                args.concurrency,
+                8,
+            )
+            phases["check_2proc"] = (
+                "CheckCapability, 2 processes ",
+                group,
+                CHECK,
+                payloads,
+                args.concurrency,
+                8,
+            )
         # Interleaved rounds: the machine is shared, so each ratio compares phases run moments apart
         # and the figures below are the medians over the rounds.
         rounds: dict[str, list[dict]] = {name: [] for name in phases}
         for round_no in range(args.rounds):
-            for name, (label, server, method, load, conc) in phases.items():
-                r = await drive(server, method, load, md, concurrency=conc, duration=args.duration)
+            for name, (label, server, method, load, conc, *channels) in phases.items():
+                r = await drive(
+                    server,
+                    method,
+                    load,
+                    md,
+                    concurrency=conc,
+                    duration=args.duration,
+                    channels=(channels or [1])[0],
+                )
                 rounds[name].append(r)
                 print(f"[{round_no + 1}/{args.rounds}] {label} {fmt(r)}")
         for name in phases:
@@ -408,6 +478,11 @@ async def main(args) -> dict:
             if key in rounds:
                 results[f"ratio_{key}"] = statistics.median(
                     c["rps"] / n["rps"] for c, n in zip(rounds[key], rounds["noop"], strict=True)
+                )
+        if "check_2proc" in rounds:
+            for base in ("noop", "noop_8ch"):
+                results[f"ratio_2proc_{base}"] = statistics.median(
+                    c["rps"] / n["rps"] for c, n in zip(rounds["check_2proc"], rounds[base], strict=True)
                 )
         results["ratio_batch"] = statistics.median(
             b_["rps"] * args.batch / c["rps"]
@@ -505,9 +580,15 @@ async def main(args) -> dict:
         ("check_asyncio", "on the asyncio loop"),
         ("check_no_telemetry", "without telemetry"),
         ("check_lean_chain", "one lean interceptor"),
+        ("check_registered", "no interceptor, minimal"),
     ):
         if f"ratio_{key}" in r:
             print(f"    variant {label:22s}     {r[f'ratio_{key}']:.2f}x")
+    if "ratio_2proc_noop" in r:
+        print(
+            f"    variant 2 processes, 8 conns     {r['ratio_2proc_noop']:.2f}x   "
+            f"(vs the no-op over 8 connections: {r['ratio_2proc_noop_8ch']:.2f}x; twice the index memory)"
+        )
     print(f"  batch({args.batch}) checks/s / single checks/s  {r['ratio_batch']:.1f}x   (target >= 30x)")
     print(
         f"  check p99 large / small                {r['ratio_p99']:.2f}x   "
@@ -551,8 +632,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--variants",
         action="store_true",
-        help="also measure authz without the telemetry interceptor, with one lean interceptor, and with "
-        "handlers wrapped at registration (no interceptor)",
+        help="also measure authz on the asyncio loop, without the telemetry interceptor, with one lean "
+        "interceptor, with handlers wrapped at registration (no interceptor), and as two processes "
+        "sharing one port (against the no-op over the same 8 connections)",
     )
     args = p.parse_args(argv)
     if args.full:
