@@ -17,6 +17,19 @@ PLATFORM_REF: m.Ref = (PLATFORM, PLATFORM)
 ORDER = {reason: i for i, reason in enumerate(m.REASON_ORDER)}
 
 
+_DECISIONS: dict[tuple[bool, str], m.Decision] = {}
+
+
+def _decision(allowed: bool, reason: str) -> m.Decision:
+    """The (immutable) decision for ``allowed`` and ``reason``, made once: a check answers one of a
+    handful, and a frozen dataclass costs more to build than the rest of a cached answer."""
+    key = (allowed, reason)
+    decision = _DECISIONS.get(key)
+    if decision is None:
+        decision = _DECISIONS[key] = m.Decision(allowed, reason)
+    return decision
+
+
 class UnknownType(ValueError):
     pass
 
@@ -342,7 +355,7 @@ class Index:
             raise UnknownCapability(capability)
         denied = self._precheck(subject, res, amr)
         if denied:
-            return m.Decision(False, denied)
+            return _decision(False, denied)
         role_caps = rtype.role_caps
         # Direct and group roles on ``res`` come first: a role held that way keeps its reason in
         # roles_on and ranks before any inherited or platform one (ORDER), so when one of them
@@ -352,11 +365,11 @@ class Index:
         if best is None:
             best = _best_reason(self.roles_on(subject, res, found=found), role_caps, capability)
         if best is not None:
-            return m.Decision(True, best)
+            return _decision(True, best)
         granted = self._grant_reason(subject, res, capability)
         if granted:
-            return m.Decision(True, granted[capability])
-        return m.Decision(False, m.NO_RELATIONSHIP)
+            return _decision(True, granted[capability])
+        return _decision(False, m.NO_RELATIONSHIP)
 
     def access(self, subject: m.Ref, res: m.Ref, amr: Iterable[str] = ()) -> m.Access:
         self.validate(res[0])
