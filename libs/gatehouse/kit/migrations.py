@@ -42,12 +42,19 @@ def alembic_config(script_location: pathlib.Path | str, database_url: str) -> Co
 
 def upgrade_to_head(script_location: pathlib.Path | str, database_url: str) -> None:
     """Apply every pending migration (idempotent), one process at a time per database."""
-    if database_url.startswith("sqlite"):
-        path = database_url.split(":///", 1)[1]
-        if path and path != ":memory:":
-            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path = _sqlite_file(database_url)
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with migration_lock(database_url):
         command.upgrade(alembic_config(script_location, database_url), "head")
+
+
+def _sqlite_file(database_url: str) -> str | None:
+    """The file of a SQLite database URL (None for other databases and in-memory SQLite)."""
+    if not database_url.startswith("sqlite"):
+        return None
+    path = database_url.split(":///", 1)[1] if ":///" in database_url else ""
+    return path if path and path != ":memory:" else None
 
 
 @contextlib.contextmanager
@@ -68,8 +75,8 @@ def migration_lock(database_url: str) -> Iterator[None]:
         finally:
             engine.dispose()
         return
-    path = database_url.split(":///", 1)[1] if ":///" in database_url else ""
-    if not path or path == ":memory:":
+    path = _sqlite_file(database_url)
+    if path is None:
         yield
         return
     with open(f"{path}.migrate-lock", "a") as lock:

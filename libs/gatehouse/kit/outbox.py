@@ -106,6 +106,10 @@ class OutboxEntry:
     attempts: int
 
 
+DELIVERED_KEEP = (
+    7 * 86400
+)  # seconds delivered entries stay for inspection before purge_delivered() drops them
+
 # This process's relays by topic, woken when a transaction that added entries of their topic commits.
 _local_relays: dict[str, weakref.WeakSet[OutboxRelay]] = {}
 
@@ -303,7 +307,7 @@ class OutboxRelay:
                 )
             ).scalar_one()
 
-    async def purge_delivered(self, older_than: float) -> int:
+    async def purge_delivered(self, older_than: float = DELIVERED_KEEP) -> int:
         """Remove entries delivered more than ``older_than`` seconds ago."""
         async with self.db.unit_of_work() as uow:
             result = await uow.session.execute(

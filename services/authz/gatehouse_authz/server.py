@@ -39,7 +39,6 @@ CATALOG_VARIABLE = "GATEHOUSE_AUTHZ_CATALOG"
 CHANGELOG_RETENTION_VARIABLE = "GATEHOUSE_AUTHZ_CHANGELOG_RETENTION_HOURS"
 REQUEST_ID_RETENTION_VARIABLE = "GATEHOUSE_AUTHZ_REQUEST_ID_RETENTION_HOURS"
 PRUNE_INTERVAL_VARIABLE = "GATEHOUSE_AUTHZ_PRUNE_INTERVAL"
-OUTBOX_KEEP = 7 * 86400  # seconds delivered audit events stay in the outbox (as in the other services)
 
 log = logging.getLogger("gatehouse.authz")
 
@@ -143,7 +142,7 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
             changes_before=now - retention.changelog_hours * 3600,
             requests_before=now - retention.request_id_hours * 3600,
         )
-        delivered = await relay.purge_delivered(older_than=OUTBOX_KEEP)
+        delivered = await relay.purge_delivered()
         if changes or requests or delivered:
             log.info(
                 "pruned %d change-log entries, %d request ids, %d delivered audit events",

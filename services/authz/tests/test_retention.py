@@ -8,14 +8,17 @@ import time
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from gatehouse.authz.v1 import authz_service_pb2 as pb
 from gatehouse.authz.v1 import authz_service_pb2_grpc
 from gatehouse.kit.config import ConfigError
 from gatehouse.kit.db import Database
+from gatehouse.kit.outbox import DELIVERED_KEEP
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.testing.tokens import TokenMint
 from gatehouse_authz.adapters.store import ChangeLogCompacted, Store
+from gatehouse_authz.adapters.tables import outbox
 from gatehouse_authz.server import (
     CHANGELOG_RETENTION_VARIABLE,
     PRUNE_INTERVAL_VARIABLE,
@@ -102,6 +105,25 @@ async def test_the_server_prunes_on_its_interval(tmp_path, database_url, monkeyp
         check.subject.type, check.subject.id = "user", "b"
         check.resource.type, check.resource.id = "workspace", "w"
         assert (await stub.CheckCapability(check, metadata=svc)).allowed
+        # audit events delivered more than a week ago leave the outbox; younger ones stay
+        async with db.unit_of_work() as uow:
+            ids = [r.id for r in await uow.session.execute(sa.select(outbox.c.id).order_by(outbox.c.id))]
+            assert len(ids) >= 2  # one audit event per write
+            now = time.time()
+            for entry_id, age in ((ids[0], DELIVERED_KEEP + 3600), (ids[1], 86400)):
+                await uow.session.execute(
+                    outbox.update().where(outbox.c.id == entry_id).values(delivered_at=now - age)
+                )
+            await uow.commit()
+        deadline = time.monotonic() + 10
+        while True:
+            async with db.unit_of_work() as uow:
+                left = {r.id for r in await uow.session.execute(sa.select(outbox.c.id))}
+            if ids[0] not in left:
+                break
+            assert time.monotonic() < deadline, "the old delivered audit event was never purged"
+            await asyncio.sleep(0.05)
+        assert ids[1] in left
     finally:
         await channel.close()
         await server.stop(0)

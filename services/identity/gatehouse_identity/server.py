@@ -114,7 +114,7 @@ def assemble(settings: Settings, runtime: Runtime, config: IdentityConfig | None
         async with store.transaction() as tx:
             await tx.purge_expired(time.time(), throttle_window=config.lockout_window)
             await tx.commit()
-        await relays[0].purge_delivered(7 * 86400)
+        await relays[0].purge_delivered()
 
     spec = ServiceSpec(
         name=SERVICE,

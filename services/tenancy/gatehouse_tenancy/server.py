@@ -60,7 +60,6 @@ PURGE_INTERVAL_VARIABLE = "GATEHOUSE_TENANCY_PURGE_INTERVAL"  # seconds between 
 # Fault injection for the crash tests only: the process SIGKILLs itself right after
 # committing the named use case (e.g. "workspace.create"), before authz delivery.
 CRASH_AFTER_COMMIT = "GATEHOUSE_TENANCY_CRASH_AFTER_COMMIT"
-OUTBOX_KEEP = 7 * 86400
 
 
 def assemble(settings: Settings, runtime: Runtime) -> tuple[Tenancy, AuthzDelivery, Database]:
@@ -105,7 +104,7 @@ def build(settings: Settings, runtime: Runtime) -> ServiceSpec:
         if purged:
             log.info("purged %s deleted organizations/workspaces", purged)
         # delivered outbox entries (authz and audit) are kept a week for inspection
-        await delivery.relay.purge_delivered(older_than=OUTBOX_KEEP)
+        await delivery.relay.purge_delivered()
 
     return ServiceSpec(
         name=SERVICE,
