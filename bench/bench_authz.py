@@ -5,7 +5,8 @@ One command (``python bench/bench_authz.py``; ``--full`` for the 1,000,000-relat
 1. creates a throw-away PostgreSQL database per scale on 127.0.0.1:5432, applies the authz
    migrations and bulk-loads generated data (COPY): organizations of 100 workspaces, each
    workspace with 8 user and 2 group role bindings (10 relationships), groups of 10 members,
-   one user ("lookup") who is viewer in 100 workspaces spread over the whole data set;
+   one user ("lookup") who is viewer in 100 workspaces spread over the whole data set, and per
+   organization one disabled user and one deleted workspace;
 2. starts the servers as their own processes (``bench/authz_server.py``): a no-op grpc.aio
    unary server on the standard asyncio loop (the issue's baseline), the same no-op on uvloop
    (the loop the services run on, so the ratio can be read loop for loop), and authz
@@ -110,6 +111,13 @@ class Dataset:
                 lookup_orgs.add(o)
         for o in sorted(lookup_orgs):
             states.write(f"membership\to{o}|lookup\tACTIVE\t1\n")
+        # As in a live system, some users are disabled and some workspaces deleted (kept until
+        # purged), so every check looks those up in non-empty sets: one of each per organization.
+        for o in range(self.orgs):
+            states.write(f"disabled\tuser:u{o}_{USERS_PER_ORG - 1}\t1\t1\n")
+            last = f"w{min(self.workspaces, (o + 1) * WS_PER_ORG) - 1}"
+            if last not in lookup:
+                states.write(f"deleted\tworkspace:{last}\t1\t1\n")
         return rels.getvalue(), states.getvalue(), count
 
 

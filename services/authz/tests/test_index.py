@@ -324,3 +324,28 @@ def test_platform_admin_lookup_forgets_removed_resources(world):
     assert "gone" in world.lookup_resources(("user", "p"), "workspace", "chat")
     world.apply([m.Change("delete", rel("workspace:gone#viewer@user:u"))], world.revision + 1)
     assert world.lookup_resources(("user", "p"), "workspace", "chat") == ["w", "w2"]
+
+
+def test_a_parent_cycle_or_a_very_deep_tree_is_answered_by_the_general_rules(world):
+    # Writes never make such trees (parents follow the catalog), but the index must not loop or
+    # answer differently on one: the hot path hands these to the rules written over roles_on.
+    put(
+        world,
+        rel("organization:o#parent@workspace:w"),  # o -> w -> o -> ...
+        rel("organization:o#owner@user:a"),
+        member("o", "a"),
+    )
+    for capability in ("chat", "delete:workspace"):
+        decision = world.check(("user", "a"), ("workspace", "w"), capability)
+        assert decision == world._check_general(("user", "a"), ("workspace", "w"), capability)
+        assert decision == m.Decision(True, m.INHERITED_ROLE)
+    # 20 datasets, each the parent of the next (deeper than the walk's bound of 16 parents).
+    put(world, *(rel(f"dataset:d{i + 1}#parent@dataset:d{i}") for i in range(20)))
+    put(world, rel("dataset:d0#parent@workspace:w"), rel("dataset:d0#admin@user:b"), member("o", "b"))
+    for i in (1, 16, 17, 20):
+        for who in ("a", "b"):
+            got = world.check(("user", who), ("dataset", f"d{i}"), "read")
+            assert got == world._check_general(("user", who), ("dataset", f"d{i}"), "read")
+    # b's admin role on d0 reaches down 16 levels (dataset admin implies admin on a child dataset).
+    assert world.check(("user", "b"), ("dataset", "d16"), "read").reason == m.INHERITED_ROLE
+    assert world.check(("user", "b"), ("dataset", "d17"), "read").reason == m.NO_RELATIONSHIP
