@@ -22,7 +22,7 @@ STATUS = {
 }
 MAX_BATCH = 1000
 DEFAULT_WAIT = 5.0  # seconds a call without a deadline waits for at_least_revision
-DEADLINE_MARGIN = 0.05  # answer UNAVAILABLE this long before the caller's deadline
+DEADLINE_MARGIN = 0.1  # answer UNAVAILABLE this long before the caller's deadline (a busy server is late)
 AUDIT_DETAIL_LIMIT = 50  # relationships listed in one audit event's details
 SERVICE = "authz"
 WATCH_IDLE = 1.0  # a watcher re-reads the change log at least this often
