@@ -150,11 +150,9 @@ async def test_health_reports_not_serving_until_startup_and_dependencies(tmp_pat
 
     # The dependency is a second kit server that is not started yet.
     dep = make_server(tmp_path / "dep", raw_service({}), verifier=allow_nobody)
-    import socket
+    from gatehouse.testing.stack import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dep_port = s.getsockname()[1]
+    dep_port = free_port()
     server = make_server(
         tmp_path,
         raw_service({}),

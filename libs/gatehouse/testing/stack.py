@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,10 +16,38 @@ from pathlib import Path
 from gatehouse.kit.config import SERVICES
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+_pick = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, for a server that binds it a moment later.
+
+    Picked below the kernel's ephemeral range: the ports the kernel hands out itself (outgoing
+    connections, binds to port 0) come from that range, so one of them cannot take this port
+    between the check and the server's bind (a port picked with a bind to port 0 once was taken
+    in between: "Address already in use"). A port is handed out once per test process.
+    """
+    top = _ephemeral_start()
+    for _ in range(200):
+        port = _pick.randrange(max(1024, top - 12_000), top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found below {top}")
 
 
 @dataclass

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import grpc
 import sqlalchemy as sa
 
 from gatehouse.kit import audit_log, outbox
 from gatehouse.kit.db import Database
+from gatehouse.testing.stack import free_port
 from gatehouse.testing.tokens import TokenMint
 from gatehouse_audit.adapters.tables import events as events_table
 from services.audit.tests.helpers import generate_keys_env, start_audit
 
 EVENTS = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def producer_database(tmp_path) -> Database:
