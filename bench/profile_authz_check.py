@@ -1,12 +1,18 @@
 """In-process cost of authz's CheckCapability handler (no gRPC, no network).
 
-``python bench/profile_authz_check.py [--workspaces N] [--calls N] [--profile]``
+``python bench/profile_authz_check.py [--workspaces N] [--calls N] [--profile] [--instructions]``
 
 Loads a real Index with the generated relationships of ``bench_authz.py`` (same seed), calls
 ``AuthzServicer.CheckCapability`` directly with the same request mix as the benchmark, as a
 service account and as a user checking itself (a real Principal in the context variable), and
 prints the median µs per call over a few bounded rounds (and per item of CheckCapabilities
 with 100 items, the answer serialized); ``--profile`` adds a cProfile listing.
+
+``--instructions`` counts CPU instructions per check instead, with valgrind's callgrind (Debian
+package ``valgrind``): each workload runs twice, over 500 and over 2,500 checks, and the
+difference divided by 2,000 leaves start-up out. Slow (about three minutes) but the same on every run,
+where the timings above move by ±30 % on a shared machine: the figure to compare two versions of
+the hot path by.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import gc
 import pathlib
 import pstats
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 
@@ -61,13 +70,94 @@ def run(servicer: AuthzServicer, requests: list, rounds: int) -> float:
     return statistics.median(per_call)
 
 
+COUNTED = (5, 25)  # batches of 100 checks in the two runs whose difference is counted
+WORKLOADS = {
+    "index": "Index.check alone",
+    "servicer": "CheckCapability (servicer)",
+    "batch": "CheckCapabilities(100), per item (request parsed, answer serialized)",
+}
+
+
+def count_workload(workload: str, batches: int) -> None:
+    """The work callgrind measures: ``batches`` times 100 checks of ``workload`` (after a warm-up)."""
+    data = Dataset(100)
+    index = load_index(data)
+    servicer = AuthzServicer(index, store=None, follower=None)
+    # The same set-up whatever ``batches`` is: only the counted loop may differ between two runs.
+    requests = [
+        pb.CheckCapabilityRequest.FromString(r.SerializeToString())
+        for r in check_payloads(data, 100 * (COUNTED[-1] + 3), random.Random(7))
+    ]
+    principal_var.set(Principal(kind="service", id="bench"))
+    encoded = [
+        pb.CheckCapabilitiesRequest(items=requests[i : i + 100]).SerializeToString()
+        for i in range(0, len(requests), 100)
+    ]
+
+    def run_batch(k: int) -> None:
+        items = requests[k * 100 : (k + 1) * 100]
+        if workload == "index":
+            for r in items:
+                index.check(
+                    (r.subject.type, r.subject.id), (r.resource.type, r.resource.id), r.capability, ()
+                )
+            return
+        if workload == "servicer":
+            for r in items:
+                coro = servicer.CheckCapability(r, None)
+                try:
+                    coro.send(None)
+                except StopIteration:
+                    pass
+            return
+        coro = servicer.CheckCapabilities(pb.CheckCapabilitiesRequest.FromString(encoded[k]), None)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            done.value.SerializeToString()
+
+    for k in range(batches + 3):  # three warm-up batches
+        run_batch(k)
+
+
+def count_instructions() -> None:
+    if shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+
+    def collected(workload: str, batches: int) -> int:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+            + ["--count", workload, str(batches)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+        return int(re.search(r"Collected : (\d+)", out).group(1))
+
+    for workload, label in WORKLOADS.items():
+        few, many = COUNTED
+        per_item = (collected(workload, many) - collected(workload, few)) / ((many - few) * 100)
+        print(f"{label}: {per_item:,.0f} instructions per check", flush=True)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--count"]:  # the workload run under callgrind by --instructions
+        count_workload(sys.argv[2], int(sys.argv[3]))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workspaces", type=int, default=100)
     p.add_argument("--calls", type=int, default=20_000, help="requests per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="print a cProfile listing of one round")
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per check with valgrind (stable across runs) instead of timing",
+    )
     args = p.parse_args()
+    if args.instructions:
+        count_instructions()
+        return
 
     data = Dataset(args.workspaces)
     index = load_index(data)
