@@ -408,7 +408,7 @@ class Index:
                 if types.get(ref[0]) is None:
                     top = i + 1
                     break
-            carried: set[str] | tuple = ()
+            carried: Iterable[str] = ()  # roles implied on the level below the one walked
             for i in range(top - 1, -1, -1):
                 ref = chain[i]
                 here = set()
