@@ -15,4 +15,3 @@ def test_free_ports_are_distinct_bindable_and_outside_the_kernels_range():
     for port in ports[:5]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
-
