@@ -282,10 +282,15 @@ async def test_purge_removes_expired_deleted_objects_and_their_relationships(
     monkeypatch.setenv("GATEHOUSE_TENANCY_PURGE_INTERVAL", "0.2")
     server, _ = await start_tenancy(env.identity, tmp_path / "tenancy", database_url)
     try:
+        # Wait for both purges to reach authz: the audit event is committed with the purge, the
+        # removal of the relationships is delivered to authz after it (an outbox entry), so the
+        # event alone does not mean authz has applied it (a fresh-clone run failed on that race).
         for _ in range(150):  # bounded: 30 s at most on a loaded machine
-            if not await env.relationships(
-                within_organization_id=org_pb.id
-            ) and "tenancy.workspace.purge" in [e.action for e in await audit_events(database_url)]:
+            if (
+                not await env.relationships(within_organization_id=org_pb.id)
+                and not await env.relationships(resource_type="workspace", resource_id=ws.id)
+                and "tenancy.workspace.purge" in [e.action for e in await audit_events(database_url)]
+            ):
                 break
             await asyncio.sleep(0.2)
         assert await env.relationships(within_organization_id=org_pb.id) == []
