@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gatehouse.kit.app import run_on_loop
-from gatehouse.kit.config import ConfigError, Settings
+from gatehouse.kit.config import ConfigError, Settings, positive_number
 from gatehouse.kit.ids import new_id
 
 
@@ -84,6 +84,27 @@ def test_housekeeping_settings_stop_the_process_with_the_variable_named(tmp_path
     )
     assert proc.returncode == 2
     assert variable in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "problem"),
+    [
+        ("0", float, "greater than 0"),
+        ("-2", int, "greater than 0"),
+        ("nan", float, "greater than 0"),
+        ("inf", float, "greater than 0"),
+        ("soon", float, "is not a number of seconds"),
+        ("1.5", int, "is not a whole number of seconds"),
+    ],
+)
+def test_positive_numbers_are_finite_and_of_their_kind(value, kind, problem):
+    with pytest.raises(ConfigError, match=f"GATEHOUSE_X: .*{problem}"):
+        positive_number("GATEHOUSE_X", value, kind=kind)
+    assert positive_number("GATEHOUSE_X", "2.5") == 2.5
+    assert (
+        positive_number("GATEHOUSE_X", "7", kind=int) == 7
+        and type(positive_number("V", "7", kind=int)) is int
+    )
 
 
 def test_ids_are_sortable_uuid7():

@@ -129,12 +129,15 @@ def _database_url(var: str, value: str) -> str:
     return value
 
 
-def positive_number(var: str, value: str, unit: str = "seconds") -> float:
-    """``value`` (of variable ``var``) as a finite number greater than 0; ConfigError naming ``var``."""
+def positive_number(var: str, value: str, unit: str = "seconds", kind: type = float):
+    """``value`` (of variable ``var``) as a finite ``kind`` (float, or int for a whole number)
+    greater than 0; ConfigError naming ``var`` (``unit``, if any, says what the number counts).
+    NaN and infinity are refused: neither is a duration or a size."""
     try:
-        number = float(value)
+        number = kind(value)
     except ValueError:
-        raise ConfigError(f"{var}: {value!r} is not a number of {unit}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{var}: {value!r} is not {what}{f' of {unit}' if unit else ''}") from None
     if not 0 < number < float("inf"):
         raise ConfigError(f"{var}: must be a finite number greater than 0, got {value!r}")
     return number

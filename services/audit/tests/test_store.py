@@ -473,4 +473,16 @@ def test_development_keys_are_generated_private_and_stable(tmp_path):
     with pytest.raises(ConfigError, match=CHECKPOINT_KEY):
         AuditConfig.load(tmp_path / "other", {CHAIN_KEY: generate_keys_env()[CHAIN_KEY]}, require_keys=True)
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "a year"])
+def test_retention_and_purge_settings_are_whole_positive_numbers(tmp_path, value):
+    from gatehouse.kit.config import ConfigError
+    from gatehouse_audit.adapters.config import PURGE_INTERVAL, RETENTION_DAYS
+
+    for variable in (RETENTION_DAYS, PURGE_INTERVAL):
+        with pytest.raises(ConfigError, match=variable):
+            AuditConfig.load(tmp_path, {variable: value})
+    config = AuditConfig.load(tmp_path, {RETENTION_DAYS: "30", PURGE_INTERVAL: "60"})
+    assert (config.default_retention_days, config.purge_interval) == (30, 60.0)
     assert AuditConfig.load(tmp_path / "other", generate_keys_env(), require_keys=True).chain_key

@@ -25,7 +25,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate, trace
 
-from gatehouse.kit.config import PREFIX, SERVICES, ConfigError, Settings
+from gatehouse.kit.config import PREFIX, SERVICES, ConfigError, Settings, positive_number
 from gatehouse.kit.context import CLIENT_ADDRESS_KEY, CLIENT_USER_AGENT_KEY
 from gatehouse.kit.ids import new_id
 from gatehouse_gateway.descriptors import DEFAULT_DESCRIPTOR_SET, Schema, load_descriptor_set
@@ -64,8 +64,8 @@ class GatewayConfig:
             value = env.get(f"{PREFIX}GATEWAY_{name}")
             return value if value else None
 
-        max_body_bytes = _positive("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), int, cls.max_body_bytes)
-        seconds = _positive("TIMEOUT", get("TIMEOUT"), float, cls.timeout)
+        max_body_bytes = _positive("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), "bytes", int, cls.max_body_bytes)
+        seconds = _positive("TIMEOUT", get("TIMEOUT"), "seconds", float, cls.timeout)
         trust = get("TRUST_FORWARDED")
         origins = get("CORS_ORIGINS")
         if trust and trust.lower() not in ("true", "false", "1", "0"):
@@ -85,16 +85,8 @@ class GatewayConfig:
         )
 
 
-def _positive(name: str, text: str | None, parse, default):
-    if text is None:
-        return default
-    try:
-        value = parse(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"{PREFIX}GATEWAY_{name}: {text!r} is not a positive number")
-    return value
+def _positive(name: str, text: str | None, unit: str, kind: type, default):
+    return default if text is None else positive_number(f"{PREFIX}GATEWAY_{name}", text, unit, kind)
 
 
 def package_resolver(settings: Settings) -> Resolver:

@@ -477,7 +477,10 @@ def test_configuration_from_environment():
     for name, value in [
         ("MAX_BODY_BYTES", "lots"),
         ("MAX_BODY_BYTES", "0"),
+        ("MAX_BODY_BYTES", "1.5"),
         ("TIMEOUT", "-1"),
+        ("TIMEOUT", "inf"),  # no deadline at all was accepted before
+        ("TIMEOUT", "nan"),
         ("TRUST_FORWARDED", "maybe"),
         ("CORS_ORIGINS", "app.example.com"),
     ]:

@@ -29,7 +29,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from gatehouse.kit.config import ConfigError
+from gatehouse.kit.config import ConfigError, positive_number
 
 PREFIX = "GATEHOUSE_IDENTITY_"
 
@@ -69,13 +69,7 @@ class IdentityConfig:
                     raise ConfigError(f"{var}: {raw!r} is not a boolean")
                 values[name] = raw.lower() in ("1", "true", "yes")
             elif isinstance(default, int | float):
-                try:
-                    number = type(default)(raw)
-                except ValueError:
-                    raise ConfigError(f"{var}: {raw!r} is not a number") from None
-                if number <= 0:
-                    raise ConfigError(f"{var}: must be greater than 0, got {raw!r}")
-                values[name] = number
+                values[name] = positive_number(var, raw, "", type(default))
             else:
                 if len(raw) < 32:
                     raise ConfigError(f"{var}: must be at least 32 characters")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from gatehouse.kit.config import ConfigError
+from gatehouse.kit.config import ConfigError, positive_number
 from gatehouse_audit.domain.chain import MIN_KEY_BYTES, ChainKey, CheckpointSigner
 
 CHAIN_KEY = "GATEHOUSE_AUDIT_CHAIN_KEY"
@@ -71,8 +71,12 @@ class AuditConfig:
         return cls(
             chain_key=ChainKey(chain_key, previous),
             signer=CheckpointSigner(Ed25519PrivateKey.from_private_bytes(seed)),
-            default_retention_days=_positive_int(RETENTION_DAYS, env.get(RETENTION_DAYS) or "365"),
-            purge_interval=float(_positive_int(PURGE_INTERVAL, env.get(PURGE_INTERVAL) or "3600")),
+            default_retention_days=positive_number(
+                RETENTION_DAYS, env.get(RETENTION_DAYS) or "365", "days", int
+            ),
+            purge_interval=float(
+                positive_number(PURGE_INTERVAL, env.get(PURGE_INTERVAL) or "3600", "seconds", int)
+            ),
         )
 
 
@@ -86,16 +90,6 @@ def _decode(var: str, text: str, minimum: int) -> bytes:
     if len(raw) < minimum:
         raise ConfigError(f"{var}: needs at least {minimum} bytes, got {len(raw)}")
     return raw
-
-
-def _positive_int(var: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{var}: {text!r} is not a whole number") from None
-    if value <= 0:
-        raise ConfigError(f"{var}: must be greater than 0, got {text!r}")
-    return value
 
 
 def _dev_secret(path: pathlib.Path, size: int) -> str:
