@@ -314,8 +314,9 @@ class Index:
             found.setdefault(rtype.top_role, m.PLATFORM_ROLE)
         return found
 
-    def _grant_reason(self, subject: m.Ref, res: m.Ref, capability: str | None) -> dict[str, str]:
-        """Capabilities granted on ``res`` to the subject, its groups or its organizations."""
+    def _grant_reason(self, subject: m.Ref, res: m.Ref) -> dict[str, str]:
+        """Capabilities granted on ``res`` to the subject, its groups or its organizations, each with
+        its best reason (DIRECT_GRANT, GROUP_GRANT, ORGANIZATION_GRANT)."""
         out: dict[str, str] = {}
         grants = self.grants.get(res)
         if not grants:
@@ -330,8 +331,6 @@ class Index:
                 if stype == "organization" and self.membership.get((sid, subject[1])) == m.ACTIVE:
                     for cap in caps:
                         out.setdefault(cap, m.ORGANIZATION_GRANT)
-        if capability is not None:
-            return {capability: out[capability]} if capability in out else {}
         return out
 
     def _precheck(self, subject: m.Ref, res: m.Ref, amr: Iterable[str], chain=None) -> str | None:
@@ -429,7 +428,7 @@ class Index:
                     return _decision(True, m.INHERITED_ROLE)
         if self.is_platform_admin(subject):
             return self._check_general(subject, res, capability, amr)
-        granted = self._granted(subject, res, capability)
+        granted = self._grant_reason(subject, res).get(capability)
         return _decision(True, granted) if granted else _decision(False, m.NO_RELATIONSHIP)
 
     def _check_general(
@@ -443,16 +442,8 @@ class Index:
         best = _best_reason(self.roles_on(subject, res), rtype.role_caps, capability)
         if best is not None:
             return _decision(True, best)
-        granted = self._granted(subject, res, capability)
+        granted = self._grant_reason(subject, res).get(capability)
         return _decision(True, granted) if granted else _decision(False, m.NO_RELATIONSHIP)
-
-    def _granted(self, subject: m.Ref, res: m.Ref, capability: str) -> str | None:
-        """The best reason ``capability`` is granted on ``res`` to the subject, its groups or its
-        organizations (DIRECT_GRANT, GROUP_GRANT, ORGANIZATION_GRANT), or None."""
-        grants = self.grants.get(res)
-        if not grants:
-            return None
-        return self._grant_reason(subject, res, capability).get(capability)
 
     def access(self, subject: m.Ref, res: m.Ref, amr: Iterable[str] = ()) -> m.Access:
         self.validate(res[0])
@@ -465,7 +456,7 @@ class Index:
         caps: set[str] = set()
         for role in roles:
             caps |= rtype.role_caps[role]
-        caps |= set(self._grant_reason(subject, res, None))
+        caps |= set(self._grant_reason(subject, res))
         return m.Access(own, is_admin, self.catalog.highest(res[0], roles), tuple(sorted(caps)))
 
     def lookup_resources(
