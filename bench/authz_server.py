@@ -2,11 +2,13 @@
 
 ``python bench/authz_server.py noop``  — a bare grpc.aio unary server whose one method returns
 an empty message: the baseline cost of a Python unary RPC (standard asyncio loop).
-``noop-uvloop`` is the same server on uvloop, the loop the services run on by default.
+``noop-uvloop`` is the same server on uvloop, the loop the services run on by default, and
+``noop-service`` the same again in a process set up as the services' are (uvloop and
+``gatehouse.kit.grpc_settings``): the baseline with everything but the kit and the check.
 
 ``python bench/authz_server.py authz`` — the real authz server (``gatehouse_authz.server.build``,
 the kit's interceptors, token verification, health, follower) on ``GATEHOUSE_DATABASE_URL``,
-trusting the public key in ``$BENCH_JWK`` (so the benchmark can mint real tokens without
+with the services' grpc settings, trusting the public key in ``$BENCH_JWK`` (so the benchmark can mint real tokens without
 identity running).
 
 Each prints one JSON line on stdout once it serves: ``{"port": …, "load_seconds": …}``.
@@ -18,6 +20,12 @@ import asyncio
 import json
 import os
 import sys
+
+if __name__ == "__main__" and sys.argv[1:2] in (["authz"], ["noop-service"]):
+    # as `python -m gatehouse_<service>` does: grpc core reads these when grpc is imported
+    from gatehouse.kit.grpc_settings import apply_grpc_defaults
+
+    apply_grpc_defaults()
 
 import grpc
 
@@ -237,7 +245,7 @@ if __name__ == "__main__":
     try:
         if kind == "noop":  # the issue's baseline: grpc.aio on the standard asyncio loop
             asyncio.run(serve_noop())
-        elif kind == "noop-uvloop":  # the same no-op on the loop the services run on
+        elif kind in ("noop-uvloop", "noop-service"):  # on the services' loop (and grpc settings)
             run_on_loop(serve_noop(), "uvloop")
         else:  # the loop GATEHOUSE_EVENT_LOOP selects, as in production (uvloop by default)
             run_on_loop(serve_authz(), Settings.from_env("authz").event_loop)

@@ -8,9 +8,10 @@ One command (``python bench/bench_authz.py``; ``--full`` for the 1,000,000-relat
    one user ("lookup") who is viewer in 100 workspaces spread over the whole data set, and per
    organization one disabled user and one deleted workspace;
 2. starts the servers as their own processes (``bench/authz_server.py``): a no-op grpc.aio
-   unary server on the standard asyncio loop (the issue's baseline), the same no-op on uvloop
-   (the loop the services run on, so the ratio can be read loop for loop), and authz
-   (``gatehouse_authz``, all interceptors, real ES256 tokens, on ``GATEHOUSE_EVENT_LOOP``);
+   unary server on the standard asyncio loop (the issue's baseline), the same no-op on uvloop,
+   and again in a process set up as the services' are (uvloop and the grpc core settings of
+   ``gatehouse.kit.grpc_settings``), so ratios can be read like for like; and authz
+   (``gatehouse_authz``, all of the kit, real ES256 tokens, on ``GATEHOUSE_EVENT_LOOP``);
 3. drives each with the same load generator (grpc.aio, N calls in flight, on loopback) for a
    bounded time and prints throughput, p50/p99 latency, server CPU per request (from
    /proc/<pid>/stat), index load time and resident memory, and the ratios to the targets.
@@ -409,7 +410,8 @@ async def main(args) -> dict:
 
         noop = Server("noop", base_env)
         noop_uv = Server("noop-uvloop", base_env)
-        servers += [noop, noop_uv]
+        noop_svc = Server("noop-service", base_env)
+        servers += [noop, noop_uv, noop_svc]
         a = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url})
         servers.append(a)
         print(
@@ -424,6 +426,7 @@ async def main(args) -> dict:
         phases = {
             "noop": ("no-op grpc.aio unary         ", noop, NOOP_METHOD, payloads, args.concurrency),
             "noop_uv": ("no-op grpc.aio on uvloop     ", noop_uv, NOOP_METHOD, payloads, args.concurrency),
+            "noop_svc": ("no-op, services' settings    ", noop_svc, NOOP_METHOD, payloads, args.concurrency),
             "check_small": ("CheckCapability (small)      ", a, CHECK, payloads, args.concurrency),
             "kit_noop": ("no-op behind the kit chain   ", a, NOOP_METHOD, payloads, args.concurrency),
             "batch": (f"CheckCapabilities({args.batch}) x{batch_conc}  ", a, BATCH, batches, batch_conc),
@@ -482,6 +485,9 @@ async def main(args) -> dict:
         results["ratio_single_uv"] = statistics.median(
             c["rps"] / n["rps"] for c, n in zip(rounds["check_small"], rounds["noop_uv"], strict=True)
         )
+        results["ratio_single_svc"] = statistics.median(
+            c["rps"] / n["rps"] for c, n in zip(rounds["check_small"], rounds["noop_svc"], strict=True)
+        )
         for key in ("check_asyncio", "check_no_telemetry", "check_lean_chain", "check_registered"):
             if key in rounds:
                 results[f"ratio_{key}"] = statistics.median(
@@ -498,6 +504,7 @@ async def main(args) -> dict:
         )
         noop.stop()
         noop_uv.stop()
+        noop_svc.stop()
 
         b = Server("authz", {**base_env, "GATEHOUSE_DATABASE_URL": small.url})
         servers.append(b)
@@ -568,11 +575,12 @@ async def main(args) -> dict:
     r = results
     print("\nserver CPU per call: where it goes")
     print(
-        f"  grpc.aio unary RPC (no-op server)      {r['noop']['cpu_us']:5.0f} µs   (on uvloop {r['noop_uv']['cpu_us']:.0f} µs)"
+        f"  grpc.aio unary RPC (no-op server)      {r['noop']['cpu_us']:5.0f} µs   (on uvloop {r['noop_uv']['cpu_us']:.0f} µs, "
+        f"with the services' grpc settings too {r['noop_svc']['cpu_us']:.0f} µs)"
     )
     print(
-        f"  + kit interceptors and token check     {r['kit_noop']['cpu_us'] - r['noop_uv']['cpu_us']:5.0f} µs   "
-        "(over the no-op on uvloop, the services' loop)"
+        f"  + kit (telemetry, request id, token)   {r['kit_noop']['cpu_us'] - r['noop_svc']['cpu_us']:5.0f} µs   "
+        "(over the no-op as the services run it)"
     )
     print(
         f"  + CheckCapability itself               {r['check_small']['cpu_us'] - r['kit_noop']['cpu_us']:5.0f} µs"
@@ -583,6 +591,10 @@ async def main(args) -> dict:
     )
     print(
         f"  single check / no-op on uvloop         {r['ratio_single_uv']:.2f}x   (the same loop on both sides)"
+    )
+    print(
+        f"  single check / no-op as services run   {r['ratio_single_svc']:.2f}x   "
+        "(the same loop and grpc settings: the kit and the check alone)"
     )
     for key, label in (
         ("check_asyncio", "on the asyncio loop"),
