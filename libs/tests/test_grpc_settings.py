@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def test_defaults_fill_only_what_the_operator_left_unset():
     environ: dict[str, str] = {}
     apply_grpc_defaults(environ)
-    assert environ == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
+    assert environ == {"GRPC_EXPERIMENTS": "-event_engine_listener,-event_engine_client"}
     for theirs in ("", "event_engine_client"):  # an operator's value, empty included, is kept
         environ = {"GRPC_EXPERIMENTS": theirs}
         apply_grpc_defaults(environ)
@@ -51,8 +51,8 @@ SITECUSTOMIZE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("service", ["identity", "tenancy", "authz", "audit"])
-def test_service_entry_point_applies_the_settings_before_grpc_is_imported(service, tmp_path):
+@pytest.mark.parametrize("service", ["identity", "tenancy", "authz", "audit", "gateway"])
+def test_entry_point_applies_the_settings_before_grpc_is_imported(service, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = tmp_path / "seen"
     env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
@@ -60,6 +60,7 @@ def test_service_entry_point_applies_the_settings_before_grpc_is_imported(servic
         PYTHONPATH=os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])]),
         PROBE_OUT=str(out),
         GATEHOUSE_LOG_LEVEL="not-a-level",  # a configuration error: the process stops at once
+        GATEHOUSE_GATEWAY_TIMEOUT="nan",  # (the gateway's own)
         GATEHOUSE_DATA_DIR=str(tmp_path / "data"),
     )
     proc = subprocess.run(
@@ -71,4 +72,4 @@ def test_service_entry_point_applies_the_settings_before_grpc_is_imported(servic
         timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
-    assert out.read_text() == "-event_engine_listener"
+    assert out.read_text() == "-event_engine_listener,-event_engine_client"

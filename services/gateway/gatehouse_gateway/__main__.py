@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from gatehouse.kit.grpc_settings import apply_grpc_defaults
+
+apply_grpc_defaults()  # before grpc is imported: grpc core reads its settings once, at import
+
 
 def main() -> int:
     from gatehouse_gateway.server import run
