@@ -156,7 +156,8 @@ def test_checks_and_access_match_the_reference(world, amr):
         access = index.access(subject, res, amr)
         assert set(access.capabilities) == expected
         assert list(access.capabilities) == sorted(expected)
-        assert access.is_platform_admin == ref.platform_admin(subject)
+        disabled = ref._state("disabled", f"{subject[0]}:{subject[1]}") == "1"
+        assert access.is_platform_admin == (ref.platform_admin(subject) and not disabled)
         assert access.member_role == CATALOG.highest(res[0], ref.own_roles(subject, res))
         roles = set() if ref.denied(subject, res, amr) else ref.roles(subject, res)
         assert access.effective_role == CATALOG.highest(res[0], roles)

@@ -21,6 +21,8 @@ STATUS = {
     relationship_pb2.MEMBERSHIP_STATUS_INACTIVE: m.INACTIVE,
 }
 MAX_BATCH = 1000
+MAX_ID = 128  # the store's id columns (resource, subject, organization and user ids)
+MAX_REQUEST_ID = 100  # stored with the caller and the method in a 200-character key
 DEFAULT_WAIT = 5.0  # seconds a call without a deadline waits for at_least_revision
 DEADLINE_MARGIN = 0.1  # answer UNAVAILABLE this long before the caller's deadline (a busy server is late)
 AUDIT_DETAIL_LIMIT = 50  # relationships listed in one audit event's details
@@ -31,7 +33,24 @@ WATCH_IDLE = 1.0  # a watcher re-reads the change log at least this often
 def _ref(msg, field: str, errs: ErrorCollector) -> m.Ref:
     errs.require(bool(msg.type), f"{field}.type", "is required")
     errs.require(bool(msg.id), f"{field}.id", "is required")
+    _fits(msg.id, f"{field}.id", errs)
     return (msg.type, msg.id)
+
+
+def _fits(value: str, field: str, errs: ErrorCollector) -> None:
+    errs.require(len(value) <= MAX_ID, field, f"must be at most {MAX_ID} characters")
+
+
+def _filter(f, field: str, errs: ErrorCollector) -> Filter:
+    """A relationship filter; an id needs its type (``subject_id`` alone would match a user and a
+    group of that id alike)."""
+    errs.require(
+        not f.resource_id or bool(f.resource_type), f"{field}.resource_type", "is required with resource_id"
+    )
+    errs.require(
+        not f.subject_id or bool(f.subject_type), f"{field}.subject_type", "is required with subject_id"
+    )
+    return Filter(f.resource_type, f.resource_id, f.relation, f.subject_type, f.subject_id)
 
 
 def _subject(msg, field: str, errs: ErrorCollector) -> m.Ref:
@@ -184,6 +203,8 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         """Idempotency key: the same request id from another caller or RPC is a different request."""
         if not request_id:
             return ""
+        if len(request_id) > MAX_REQUEST_ID:
+            raise errors.InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID} characters")
         return f"{require_principal().subject}|{method}|{request_id}"
 
     def _audit(self, action: str, items: list, revision_detail: dict | None = None, target=None):
@@ -276,11 +297,19 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         subject = _subject(request.subject, "subject", errs)
         errs.require(bool(request.resource_type), "resource_type", "is required")
         errs.require(bool(request.capability), "capability", "is required")
+        parent = None
+        if request.parent.type or request.parent.id:  # a filter given by halves is refused, not dropped
+            parent = _ref(request.parent, "parent", errs)
+            if request.parent.type:
+                errs.require(
+                    self.index.catalog.type(request.parent.type) is not None,
+                    "parent.type",
+                    f"unknown resource type {request.parent.type!r}",
+                )
         errs.raise_if_any()
         self._authorize_subject(subject)
         size = page_size(request.page_size, default=100)
         await self._consistent(request.consistency, context)
-        parent = (request.parent.type, request.parent.id) if request.parent.id else None
         ids = self._evaluate(
             self.index.lookup_resources,
             subject,
@@ -336,6 +365,11 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             if not ms.organization_id or not ms.user_id or (status is None and op != "delete"):
                 errs.add(f"{where}.membership_state", "needs organization_id, user_id and a status")
                 return None
+            before = len(errs.violations)
+            _fits(ms.organization_id, f"{where}.membership_state.organization_id", errs)
+            _fits(ms.user_id, f"{where}.membership_state.user_id", errs)
+            if len(errs.violations) > before:
+                return None
             return op, m.State("membership", f"{ms.organization_id}|{ms.user_id}", status or m.ACTIVE)
         if kind == "resource_state":
             ref = u.resource_state.resource
@@ -355,6 +389,9 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             if ref.type != "organization" or not ref.id:
                 errs.add(f"{where}.resource_settings.resource", "must be an organization (type and id)")
                 return None
+            if len(ref.id) > MAX_ID:
+                _fits(ref.id, f"{where}.resource_settings.resource.id", errs)
+                return None
             return op, m.State("require_mfa", ref.id, "1" if u.resource_settings.require_mfa else "0")
         errs.add(where, "needs an item")
         return None
@@ -366,6 +403,15 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             rtype is not None, f"{where}.resource.type", f"unknown resource type {t.resource_type!r}"
         )
         errs.require(bool(t.resource_id), f"{where}.resource.id", "is required")
+        _fits(t.resource_id, f"{where}.resource.id", errs)
+        _fits(t.subject_id, f"{where}.subject.id", errs)
+        # Only a grant carries a capability: on a role or parent it would be part of the stored
+        # row's key but not of the index's, so deleting the relationship would miss the row.
+        errs.require(
+            t.relation == "grant" or not t.capability,
+            f"{where}.capability",
+            "only a grant carries a capability",
+        )
         errs.require(
             t.subject_type in m.SUBJECT_TYPES or t.relation == "parent",
             f"{where}.subject.type",
@@ -391,6 +437,12 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                     f"{where}.relation",
                     f"{t.relation!r} is not a role of {t.resource_type}",
                 )
+                # its members inherit an organization's grants; a role bound to it would be ignored
+                errs.require(
+                    t.subject_type != "organization",
+                    f"{where}.subject.type",
+                    "an organization holds grants, not roles (relation grant, or GrantCapability)",
+                )
         return len(errs.violations) == before
 
     async def WriteRelationships(self, request, context):
@@ -410,7 +462,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             preconditions.append(
                 (
                     p.operation == relationship_pb2.Precondition.OPERATION_MUST_EXIST,
-                    Filter(f.resource_type, f.resource_id, f.relation, f.subject_type, f.subject_id),
+                    _filter(f, f"preconditions[{i}].filter", errs),
                 )
             )
         errs.raise_if_any()
@@ -425,6 +477,9 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
 
     async def ReadRelationships(self, request, context):
         self._require_service_or_platform_admin()
+        errs = ErrorCollector()
+        _filter(request.filter, "filter", errs)
+        errs.raise_if_any()
         await self._consistent(request.consistency, context)
         size = page_size(request.page_size, default=100)
         matching = sorted(self._matching(request.filter))
@@ -440,7 +495,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         )
 
     def _matching(self, f) -> list[m.Tuple]:
-        flt = Filter(f.resource_type, f.resource_id, f.relation, f.subject_type, f.subject_id)
+        flt = _filter(f, "filter", ErrorCollector())  # validated by the caller
         org = f.within_organization_id
         out = []
         for t in self.index.tuples():
@@ -465,6 +520,9 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             )
         ):
             raise errors.InvalidArgument.field("filter", "at least one field must be set")
+        errs = ErrorCollector()
+        _filter(f, "filter", errs)
+        errs.raise_if_any()
 
         deleted: list[m.Tuple] = []
 
@@ -532,6 +590,13 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         )
         if not shareable:
             raise errors.InvalidArgument.field("resource.type", f"{resource[0]} objects cannot be shared")
+        return m.Tuple(resource[0], resource[1], "grant", subject[0], subject[1], request.capability)
+
+    def _check_grantee(self, t: m.Tuple) -> None:
+        """An organization or group is granted only objects of its own organization. Asked after
+        the caller may share the object: before, it would tell anyone which organization owns an
+        id of another tenant (NOT_FOUND is the answer for those, as for an id that does not exist)."""
+        resource, subject = t.resource, (t.subject_type, t.subject_id)
         org = self.index.organization_of(resource)
         if subject[0] == "organization" and org and subject[1] != org:
             raise errors.InvalidArgument.field(
@@ -543,11 +608,11 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                 raise errors.InvalidArgument.field(
                     "subject.id", "a group can be granted only objects of its own organization"
                 )
-        return m.Tuple(resource[0], resource[1], "grant", subject[0], subject[1], request.capability)
 
     async def _write_grant(self, method: str, op: str, request) -> int:
         t = self._grant_tuple(request)
         self._may_share(t.resource, t.capability)
+        self._check_grantee(t)
         action = "authz.grant" if op == "touch" else "authz.revoke"
         revision = await self.store.write(
             [(op, t)],
@@ -636,7 +701,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             response = pb.WatchResponse()
             for revision, changes in batch:
                 for c in changes:
-                    if types and (not isinstance(c.item, m.Tuple) or c.item.resource_type not in types):
+                    if types and (about := _watched_type(c.item)) is not None and about not in types:
                         continue
                     response.changes.append(
                         relationship_pb2.RelationshipChange(update=_change_pb(c), revision=revision)
@@ -644,6 +709,18 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
                 since = revision
             response.revision = since
             yield response
+
+
+def _watched_type(item: m.Tuple | m.State) -> str | None:
+    """The resource type a change is about, for Watch's type filter; None for a subject's or a
+    membership's state, which change decisions on every type and so are always sent."""
+    if isinstance(item, m.Tuple):
+        return item.resource_type
+    if item.kind == "deleted":
+        return item.key.partition(":")[0]
+    if item.kind == "require_mfa":
+        return "organization"
+    return None
 
 
 def _batch_consistency(request) -> decision_pb2.Consistency:

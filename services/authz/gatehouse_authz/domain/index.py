@@ -447,7 +447,8 @@ class Index:
 
     def access(self, subject: m.Ref, res: m.Ref, amr: Iterable[str] = ()) -> m.Access:
         self.validate(res[0])
-        is_admin = self.is_platform_admin(subject)
+        # a disabled platform admin is none (a frontend gates its admin UI on this flag)
+        is_admin = subject not in self.disabled and self.is_platform_admin(subject)
         rtype = self.catalog.types[res[0]]
         own = self.catalog.highest(res[0], self.roles.get(res, {}).get(subject, ()))
         if self._precheck(subject, res, amr):
