@@ -558,6 +558,16 @@ class Repository:
         values.pop("id")
         await self.s.execute(t.invitations.update().where(t.invitations.c.id == inv.id).values(**values))
 
+    async def revoke_other_invitations(self, org_id: str, email: str, keep_id: str) -> int:
+        """Revoke the pending invitations of ``email`` to the organization other than ``keep_id``."""
+        c = t.invitations.c
+        result = await self.s.execute(
+            t.invitations.update()
+            .where(c.organization_id == org_id, c.email == email, c.state == m.PENDING, c.id != keep_id)
+            .values(state=m.REVOKED)
+        )
+        return result.rowcount
+
     async def get_invitation(self, inv_id: str) -> m.Invitation | None:
         row = await self._one(sa.select(t.invitations).where(t.invitations.c.id == inv_id))
         return _invitation(row) if row else None

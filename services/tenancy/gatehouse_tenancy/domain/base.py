@@ -8,6 +8,7 @@ Every denial is audited (outcome DENIED) in its own transaction.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -67,15 +68,24 @@ class Core:
 
     # ---- idempotency --------------------------------------------------------
     @staticmethod
-    def request_key(method: str, principal: Principal | None, request_id: str) -> str:
+    def request_key(method: str, principal: Principal | None, request_id: str, *target: str) -> str:
+        """The idempotency key: the method, the caller, and a digest of what the request is about
+        (``target``: e.g. the group and the user of AddGroupMember) with its ``request_id``. The
+        same request id reused for another target is another request, so a retry can only ever
+        replay its own first answer (before, a reused id answered about whatever the new request
+        named, without any access check). A digest keeps the key within its column whatever the
+        lengths of the request id and the targets."""
         who = principal.subject if principal else "anonymous"
-        return f"{method}|{who}|{request_id}"
+        about = hashlib.sha256("\x1f".join((*target, request_id)).encode()).hexdigest()
+        return f"{method}|{who}|{about}"
 
-    async def seen(self, method: str, p: Principal | None, request_id: str) -> tuple[str, str | None]:
+    async def seen(
+        self, method: str, p: Principal | None, request_id: str, *target: str
+    ) -> tuple[str, str | None]:
         """The idempotency key of a request and, for a retry, the id its first call recorded."""
         if not request_id:
             return "", None
-        key = self.request_key(method, p, request_id)
+        key = self.request_key(method, p, request_id, *target)
         async with self.tx() as tx:
             return key, await tx.repo.request_result(key)
 
@@ -151,13 +161,28 @@ class Core:
 
     async def may_undelete_org(self, p: Principal, org_id: str) -> bool:
         access = await self.authz.access(p, org_ref(org_id))
-        return access.is_platform_admin or access.member_role == "owner"
+        if access.is_platform_admin:
+            return True
+        return access.member_role == "owner" and await self._active_member(p, org_id)
 
     async def may_undelete_ws(self, p: Principal, ws: m.Workspace) -> bool:
         access = await self.authz.access(p, ws_ref(ws.id))
-        if access.is_platform_admin or access.member_role == "owner":
+        if access.is_platform_admin:
+            return True
+        if access.member_role == "owner" and await self._active_member(p, ws.organization_id):
             return True
         return await self.authz.allowed(p, org_ref(ws.organization_id), "org:delete")
+
+    async def _active_member(self, p: Principal, org_id: str) -> bool:
+        """Whether the caller is an active member of the organization. Authz denies every capability
+        on a deleted resource, so undeleting goes by the role the caller holds on it (``member_role``),
+        which authz reports whatever the caller's membership: a deactivated member still holds the
+        owner binding of a workspace they created."""
+        if p.kind != "user":
+            return False
+        async with self.tx() as tx:
+            member = await tx.repo.get_org_member(org_id, p.id)
+        return member is not None and member.status == m.MEMBER_ACTIVE
 
     # ---- loading with the tenant rules ----------------------------------------
     async def load_org(

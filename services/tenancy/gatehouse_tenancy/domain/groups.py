@@ -81,7 +81,7 @@ class Groups(Core):
         return group
 
     async def delete_group(self, p: Principal, group_id: str, request_id: str = "") -> None:
-        key, done = await self.seen("DeleteGroup", p, request_id)
+        key, done = await self.seen("DeleteGroup", p, request_id, group_id)
         if done:
             return
         action = "tenancy.group.delete"
@@ -106,13 +106,13 @@ class Groups(Core):
         await self.deliver("group.delete", tx)
 
     async def add_member(self, p: Principal, group_id: str, user_id: str, request_id: str = ""):
-        key, done = await self.seen("AddGroupMember", p, request_id)
-        if done:
-            return await self._group_member(group_id, user_id)
+        key, done = await self.seen("AddGroupMember", p, request_id, group_id, user_id)
         if not user_id:
             raise errors.InvalidArgument.field("user_id", "is required")
         action = "tenancy.group.add_member"
         group = await self.load_group(p, group_id, MANAGE, action)
+        if done:  # a retry of this very request: its answer again, after the same access check
+            return await self._group_member(group.id, user_id)
         async with self.tx() as tx:
             await tx.repo.lock_organization(group.organization_id)
             member = await tx.repo.get_org_member(group.organization_id, user_id)
@@ -141,7 +141,7 @@ class Groups(Core):
         return m.GroupMember(group_id, user_id, u.email if u else "", u.display_name if u else "")
 
     async def remove_member(self, p: Principal, group_id: str, user_id: str, request_id: str = "") -> None:
-        key, done = await self.seen("RemoveGroupMember", p, request_id)
+        key, done = await self.seen("RemoveGroupMember", p, request_id, group_id, user_id)
         if done:
             return
         if not user_id:

@@ -188,9 +188,18 @@ class Invitations(Core):
             if inv.token_hash != m.hash_token(token):
                 raise errors.NotFound("invitation")
             self._require_pending(inv, now=self.clock())
+            member = await tx.repo.get_org_member(inv.organization_id, user.id)
+            if member is not None and member.status == m.INACTIVE:
+                # an invitation is not a way around a deactivation: an admin reactivates the member
+                raise errors.FailedPrecondition(
+                    "your membership of this organization is deactivated; ask an admin to reactivate it",
+                    reason="MEMBERSHIP_INACTIVE",
+                )
             inv.state, inv.accepted_user_id = m.ACCEPTED, user.id
             await tx.repo.save_invitation(inv)
-            member = await tx.repo.get_org_member(inv.organization_id, user.id)
+            # the person is in: their other invitations to the organization are spent (one kept
+            # would let them back in after a removal)
+            await tx.repo.revoke_other_invitations(inv.organization_id, inv.email, inv.id)
             role = inv.role
             updates: list[tuple] = []
             if member is not None and ROLE_RANK[member.role] >= ROLE_RANK[role]:

@@ -251,7 +251,7 @@ class Organizations(Core):
     async def delete_organization(
         self, p: Principal, org_id: str, etag: str, request_id: str = ""
     ) -> m.Organization:
-        key, done = await self.seen("DeleteOrganization", p, request_id)
+        key, done = await self.seen("DeleteOrganization", p, request_id, org_id)
         if done:
             return await self.load_org(p, done, show_deleted=True)
         org = await self.org_for(p, org_id, "org:delete", "tenancy.organization.delete")
@@ -416,7 +416,7 @@ class Organizations(Core):
         return member
 
     async def remove_member(self, p: Principal, org_id: str, user_id: str, request_id: str = "") -> None:
-        key, done = await self.seen("RemoveOrganizationMember", p, request_id)
+        key, done = await self.seen("RemoveOrganizationMember", p, request_id, org_id, user_id)
         if done:
             return
         if not user_id:
@@ -428,6 +428,10 @@ class Organizations(Core):
         async with self.tx() as tx:
             await tx.repo.lock_organization(org.id)
             member = await tx.repo.get_org_member(org.id, user_id)
+            if member is None and p.kind == "user" and p.id == user_id:
+                # leaving an organization one is not in: its id must look unknown (no access check
+                # came before, so "member not found" would tell that the organization exists)
+                raise errors.NotFound("organization", org.id)
             if member is None:
                 raise errors.NotFound("member", user_id)
             if member.role == "owner":
@@ -464,7 +468,7 @@ class Organizations(Core):
     async def transfer_ownership(
         self, p: Principal, org_id: str, new_owner: str, request_id: str = ""
     ) -> m.Organization:
-        key, done = await self.seen("TransferOrganizationOwnership", p, request_id)
+        key, done = await self.seen("TransferOrganizationOwnership", p, request_id, org_id, new_owner)
         if done:
             return await self.load_org(p, done)
         if not new_owner:

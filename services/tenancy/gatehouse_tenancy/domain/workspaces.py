@@ -111,7 +111,7 @@ class Workspaces(Core):
     async def delete_workspace(
         self, p: Principal, ws_id: str, etag: str, request_id: str = ""
     ) -> m.Workspace:
-        key, done = await self.seen("DeleteWorkspace", p, request_id)
+        key, done = await self.seen("DeleteWorkspace", p, request_id, ws_id)
         if done:
             return await self.load_ws(p, done, show_deleted=True)
         action = "tenancy.workspace.delete"
@@ -212,12 +212,7 @@ class Workspaces(Core):
     async def add_member(
         self, p: Principal, ws_id: str, ptype: str, pid: str, role: str | None, request_id: str = ""
     ):
-        key, done = await self.seen("AddWorkspaceMember", p, request_id)
-        if done:
-            async with self.tx() as tx:
-                again = await tx.repo.get_workspace_member(ws_id, ptype, pid)
-            if again is not None:
-                return again
+        key, done = await self.seen("AddWorkspaceMember", p, request_id, ws_id, ptype, pid)
         role = role or "member"
         errs = errors.ErrorCollector()
         errs.require(ptype in ("user", "group"), "principal.type", "must be user or group")
@@ -226,6 +221,11 @@ class Workspaces(Core):
         errs.raise_if_any()
         action = "tenancy.workspace.add_member"
         ws = await self.ws_for(p, ws_id, "manage:members", action)
+        if done:  # a retry of this very request: its answer again, after the same access check
+            async with self.tx() as tx:
+                again = await tx.repo.get_workspace_member(ws.id, ptype, pid)
+            if again is not None:
+                return again
         async with self.tx() as tx:
             await tx.repo.lock_organization(ws.organization_id)
             await self._check_principal(tx, ws, ptype, pid)
@@ -276,7 +276,7 @@ class Workspaces(Core):
         return member
 
     async def remove_member(self, p: Principal, ws_id: str, member_id: str, request_id: str = "") -> None:
-        key, done = await self.seen("RemoveWorkspaceMember", p, request_id)
+        key, done = await self.seen("RemoveWorkspaceMember", p, request_id, ws_id, member_id)
         if done:
             return
         ptype, pid = m.parse_member_id(member_id)
@@ -303,10 +303,9 @@ class Workspaces(Core):
     async def transfer_ownership(
         self, p: Principal, ws_id: str, new_owner: str, request_id: str = ""
     ) -> m.Workspace:
-        key, done = await self.seen("TransferWorkspaceOwnership", p, request_id)
+        key, done = await self.seen("TransferWorkspaceOwnership", p, request_id, ws_id, new_owner)
         if done:
-            async with self.tx() as tx:
-                return await tx.repo.get_workspace(done)
+            return await self.load_ws(p, done)
         if not new_owner:
             raise errors.InvalidArgument.field("new_owner_user_id", "is required")
         action = "tenancy.workspace.transfer_ownership"
