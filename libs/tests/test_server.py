@@ -230,3 +230,36 @@ async def test_graceful_stop_lets_in_flight_calls_finish(tmp_path):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call(port, "Slow", timeout=1)
     assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_calls_wait_for_start_up_while_health_answers(tmp_path):
+    # Before, a server took calls as soon as it listened, while its start-up hooks (migrations,
+    # authz's index load) were still running: answers could come from half-loaded state.
+    loaded = asyncio.Event()
+
+    async def slow_load() -> None:
+        await loaded.wait()
+
+    async def whoami(request: bytes, context) -> bytes:
+        return current_principal().subject.encode()
+
+    server = make_server(
+        tmp_path, raw_service({"WhoAmI": whoami}), verifier=accept_test_token, on_start=[slow_load]
+    )
+    port = await server.start()
+    try:
+        md = [("authorization", "Bearer good")]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(port, "WhoAmI", metadata=md)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error_info(info.value).reason == "SERVICE_STARTING"
+        assert dict(info.value.trailing_metadata())["x-request-id"]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        loaded.set()
+        await asyncio.wait_for(server.wait_started(), 5)
+        body, _ = await call(port, "WhoAmI", metadata=md)
+        assert body == b"user:u1"
+    finally:
+        await server.stop(0)

@@ -12,6 +12,7 @@ machinery with one part each, for servers that compose them by hand.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -100,11 +101,13 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
         verify: Verifier | None = None,
         public_methods: Iterable[str] = (),
         telemetry=None,
+        ready: asyncio.Event | None = None,
     ):
         self.core = core
         self.verify = verify
         self.public = frozenset(public_methods)
         self.telemetry = telemetry
+        self.ready = ready
         self._wrapped: dict[str, tuple] = {}
 
     def _is_public(self, method: str) -> bool:
@@ -125,13 +128,15 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
 class _MethodScope:
     """What a method's calls share, computed once; calling it gives one call's scope."""
 
-    __slots__ = ("core", "method", "public", "telemetry", "unimplemented", "verify")
+    __slots__ = ("core", "method", "public", "ready", "telemetry", "unimplemented", "verify")
 
     def __init__(self, kit: KitInterceptor, method: str):
         self.method = method
         self.core = kit.core
         self.verify = kit.verify
         self.public = kit._is_public(method)
+        # health and reflection answer while the service starts; everything else waits for it
+        self.ready = None if method.startswith(ALWAYS_PUBLIC_PREFIXES) else kit.ready
         self.telemetry = kit.telemetry.for_method(method) if kit.telemetry is not None else None
         self.unimplemented = f"{method} is not implemented yet"
 
@@ -187,14 +192,21 @@ class _CallScope:
             # (started, peer) when the access line is logged; the peer is read now: a call
             # cancelled at shutdown must not be touched afterwards
             self.logged = (time.perf_counter(), context.peer()) if access.isEnabledFor(logging.INFO) else None
-        if s.verify is not None:
+        if s.verify is not None or s.ready is not None:
             try:
-                header = found.get("authorization")
-                principal = token = None
-                if header is not None or not s.public:
-                    token = parse_bearer(header)
-                    principal = await s.verify(token)
-                self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
+                if s.ready is not None and not s.ready.is_set():
+                    # Start-up hooks (migrations, authz's index load) have not finished: an answer
+                    # now could come from half-loaded state, so none is given.
+                    raise errors.Unavailable(
+                        "the service is starting; retry shortly", reason="SERVICE_STARTING"
+                    )
+                if s.verify is not None:
+                    header = found.get("authorization")
+                    principal = token = None
+                    if header is not None or not s.public:
+                        token = parse_bearer(header)
+                        principal = await s.verify(token)
+                    self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
             except BaseException as exc:
                 await self.__aexit__(type(exc), exc, exc.__traceback__)
                 raise

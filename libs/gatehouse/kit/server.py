@@ -8,7 +8,9 @@ relays, and the peers it depends on) and calls :func:`run`. The kit then:
   (telemetry → request id / errors / access log → authentication);
 - serves ``grpc.health.v1`` (overall status ``""`` and one per service name):
   ``NOT_SERVING`` until the start-up hooks ran and every peer in
-  ``depends_on`` reports ``SERVING``; then ``SERVING``;
+  ``depends_on`` reports ``SERVING``; then ``SERVING``. Until then every other call
+  is answered ``UNAVAILABLE`` (reason ``SERVICE_STARTING``), so nothing is served
+  from a half-migrated database or a half-loaded index;
 - serves server reflection (``grpc.reflection.v1`` and ``v1alpha``) so grpcurl
   and ``buf curl`` work without proto files;
 - on SIGTERM/SIGINT reports ``NOT_SERVING``, stops accepting calls, lets
@@ -107,7 +109,10 @@ class GatehouseServer:
         if isinstance(last, KitInterceptor) and not last.core and last.verify is None:
             telemetry = extra.pop().telemetry
         kit = KitInterceptor(
-            verify=self._verifier, public_methods=self.spec.public_methods, telemetry=telemetry
+            verify=self._verifier,
+            public_methods=self.spec.public_methods,
+            telemetry=telemetry,
+            ready=self.ready,  # calls other than health and reflection wait for start-up
         )
         return [*extra, kit]
 

@@ -9,6 +9,7 @@ and Watch's type filter keeps the states that change a watched type's decisions.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -280,3 +281,52 @@ async def test_watch_type_filter_keeps_the_states_that_change_those_types_decisi
         assert changes[0].update.resource_state.resource.id == "w"
     finally:
         call.cancel()
+
+
+async def test_a_bulk_delete_among_concurrent_writes_does_not_stall_them(authz):
+    # DeleteRelationships caught the index up (the follower's lock and a second pooled connection)
+    # while holding the revision lock the other writes queue on, each holding a connection: with
+    # 24 writers the pool ran dry and everything waited for its 30 s timeout (60 s on PostgreSQL).
+    stub, _, svc, _ = authz
+    await write(stub, svc, *(f"workspace:d#viewer@user:x{i}" for i in range(5)))
+    stop = time.monotonic() + 2.5
+    latencies: list[float] = []
+
+    async def writer(k: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            await stub.WriteRelationships(
+                pb.WriteRelationshipsRequest(updates=touch(f"workspace:w{k}#viewer@user:u{n}")),
+                metadata=svc,
+                timeout=20,
+            )
+            latencies.append(time.monotonic() - started)
+            n += 1
+
+    writers = [asyncio.create_task(writer(k)) for k in range(24)]
+    try:
+        await asyncio.sleep(0.8)
+        started = time.monotonic()
+        done = await stub.DeleteRelationships(
+            pb.DeleteRelationshipsRequest(
+                filter=relationship_pb2.RelationshipFilter(resource_type="workspace", resource_id="d"),
+                request_id="bulk",
+            ),
+            metadata=svc,
+            timeout=20,
+        )
+        took = time.monotonic() - started
+    finally:
+        await asyncio.gather(*writers)
+    assert done.deleted_count == 5
+    assert took < 10 and max(latencies) < 10, (took, max(latencies))
+    # a retry answers as the first call did (it reported 0 deleted)
+    again = await stub.DeleteRelationships(
+        pb.DeleteRelationshipsRequest(
+            filter=relationship_pb2.RelationshipFilter(resource_type="workspace", resource_id="d"),
+            request_id="bulk",
+        ),
+        metadata=svc,
+    )
+    assert (again.revision, again.deleted_count) == (done.revision, 5)

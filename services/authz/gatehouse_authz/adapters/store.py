@@ -156,14 +156,16 @@ class Store:
         the log is gapless, so a first entry other than ``revision + 1`` means changes are gone.
         """
         async with self.db.unit_of_work() as uow:
-            rows = (
-                await uow.session.execute(
-                    sa.select(changelog.c.revision, changelog.c.changes)
-                    .where(changelog.c.revision > revision)
-                    .order_by(changelog.c.revision)
-                    .limit(limit)
-                )
-            ).all()
+            return await self.changes_in(uow.session, revision, limit)
+
+    @staticmethod
+    async def changes_in(
+        session, revision: int, limit: int | None = None
+    ) -> list[tuple[int, list[m.Change]]]:
+        """:meth:`changes_since` through ``session`` (e.g. inside a write holding the revision lock)."""
+        query = sa.select(changelog.c.revision, changelog.c.changes).where(changelog.c.revision > revision)
+        query = query.order_by(changelog.c.revision)
+        rows = (await session.execute(query if limit is None else query.limit(limit))).all()
         if rows and rows[0].revision != revision + 1:
             raise ChangeLogCompacted(revision, rows[0].revision)
         return [(r.revision, decode_changes(r.changes)) for r in rows]

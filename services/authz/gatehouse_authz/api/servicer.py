@@ -495,16 +495,14 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         )
 
     def _matching(self, f) -> list[m.Tuple]:
-        flt = _filter(f, "filter", ErrorCollector())  # validated by the caller
-        org = f.within_organization_id
-        out = []
-        for t in self.index.tuples():
-            if not flt.matches(t):
-                continue
-            if org and self.index.organization_of(t.resource) != org:
-                continue
-            out.append(t)
-        return out
+        match = self._matcher(f)
+        return [t for t in self.index.tuples() if match(t)]
+
+    def _matcher(self, f):
+        """Whether a relationship matches filter ``f`` (validated by the caller)."""
+        flt = _filter(f, "filter", ErrorCollector())
+        org, organization_of = f.within_organization_id, self.index.organization_of
+        return lambda t: flt.matches(t) and (not org or organization_of(t.resource) == org)
 
     async def DeleteRelationships(self, request, context):
         require_service_account()
@@ -525,11 +523,32 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
         errs.raise_if_any()
 
         deleted: list[m.Tuple] = []
+        selected = []  # set when this call selected its deletes (not when it is a retry)
+        await self.follower.catch_up()  # before the revision lock: the index is then close to the head
 
-        async def select_deletes(_session):
-            # The revision lock is held: nothing commits in between, so the index is the latest state.
-            await self.follower.catch_up()
-            deleted.extend(self._matching(f))
+        async def select_deletes(session):
+            # The revision lock is held, so nothing commits from here on. Revisions committed since
+            # the catch-up above are read through this transaction's own connection and laid over
+            # the index's matches: catching the index up here would need the follower's lock and a
+            # second pooled connection while every other write waits on this lock (with a busy
+            # replica that stalled every write until the pool's 30 s timeout, twice).
+            base, match = self.index.revision, self._matcher(f)
+            found = dict.fromkeys(self._matching(f))  # ordered, as the index lists them
+            try:
+                gap = await self.store.changes_in(session, base)
+            except ChangeLogCompacted:  # pruned within the last moments: only a retry can tell
+                raise errors.Aborted(
+                    "the change log moved on while deleting; retry", reason="RETRY"
+                ) from None
+            selected.append(True)
+            for _, changes in gap:
+                for c in changes:
+                    if isinstance(c.item, m.Tuple) and match(c.item):
+                        if c.op == "put":
+                            found[c.item] = None
+                        else:
+                            found.pop(c.item, None)
+            deleted.extend(found)
             return deleted
 
         async def after_write(session, revision):
@@ -542,7 +561,22 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             after_write=after_write,
         )
         await self.follower.catch_up()
-        return pb.DeleteRelationshipsResponse(revision=revision, deleted_count=len(deleted))
+        count = len(deleted) if selected else await self._deleted_at(revision)
+        return pb.DeleteRelationshipsResponse(revision=revision, deleted_count=count)
+
+    async def _deleted_at(self, revision: int) -> int:
+        """How many relationships the write of ``revision`` deleted (a retried DeleteRelationships
+        answers with its first call's count), from the change log; 0 once that entry is pruned."""
+        try:
+            entries = await self.store.changes_since(revision - 1, limit=1)
+        except ChangeLogCompacted:
+            return 0
+        return sum(
+            c.op == "delete" and isinstance(c.item, m.Tuple)
+            for r, changes in entries
+            if r == revision
+            for c in changes
+        )
 
     # ---- grants -----------------------------------------------------------
     def _may_share(self, resource: m.Ref, capability: str = "") -> None:
