@@ -14,14 +14,18 @@ from gatehouse.audit.v1 import audit_service_pb2 as pb
 from gatehouse.audit.v1 import audit_service_pb2_grpc
 from gatehouse.authz.v1 import authz_service_pb2 as apb
 from gatehouse.authz.v1 import authz_service_pb2_grpc, relationship_pb2
+from gatehouse.kit import audit_log
 from gatehouse.kit.db import Database
 from gatehouse.kit.keys import issue_token
+from gatehouse.kit.pagination import encode_token
 from gatehouse.kit.status import bad_request, error_info
 from gatehouse.testing.db import make_database_url
 from gatehouse.testing.tokens import AUDIENCE, ISSUER, TokenMint
 from gatehouse_audit.adapters.tables import events as events_table
+from gatehouse_audit.api.servicer import _fingerprint
+from gatehouse_audit.domain.retention import retention_days_of
 from gatehouse_audit.domain.usecases import READ_ACTION
-from services.audit.tests.helpers import event, generate_keys_env, start_audit
+from services.audit.tests.helpers import domain_events, event, generate_keys_env, start_audit
 from services.authz.tests.helpers import active, rel, start_authz, touch
 
 RELATIONSHIPS = [
@@ -246,8 +250,9 @@ async def test_a_service_records_only_its_own_events(stack):
         stub.IngestEvents(pb.IngestEventsRequest(events=[own, impostor]), metadata=svc),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    [violation] = bad_request(err).field_violations
-    assert violation.field == "events[1].service" and "'tenancy'" in violation.description
+    service, action = bad_request(err).field_violations
+    assert service.field == "events[1].service" and "'tenancy'" in service.description
+    assert action.field == "events[1].action" and "'tenancy.'" in action.description
     listed = await stub.ListEvents(
         pb.ListEventsRequest(filter=pb.EventFilter(organization_id="A"), page_size=1000),
         metadata=user("root"),
@@ -404,3 +409,62 @@ async def test_export_streams_in_pages(stack):
         sizes.append(len(message.events))
         ids += [e.id for e in message.events]
     assert sizes == [500, 500, 100] and sorted(ids) == sorted(e.id for e in many)
+
+
+async def _reads_recorded(url: str) -> int:
+    db = Database(url)
+    try:
+        async with db.unit_of_work() as uow:
+            query = (
+                sa.select(sa.func.count())
+                .select_from(events_table)
+                .where(events_table.c.action == READ_ACTION)
+            )
+            return (await uow.session.execute(query)).scalar()
+    finally:
+        await db.dispose()
+
+
+async def test_every_page_of_a_cross_organization_read_is_recorded(stack):
+    # Only the first page was recorded; a page token is plain data the client can make, so a made-up
+    # "next page" read every organization's events with no audit.events.read at all.
+    stub, user, _, _, parts = stack
+    everything = pb.EventFilter()
+    first = await stub.ListEvents(
+        pb.ListEventsRequest(filter=everything, page_size=10), metadata=user("auditor")
+    )
+    before = await _reads_recorded(parts["db"])
+    forged = encode_token({"t": 2**62, "i": "", "f": _fingerprint(everything)})
+    for token in (first.next_page_token, forged):
+        await stub.ListEvents(
+            pb.ListEventsRequest(filter=everything, page_size=10, page_token=token), metadata=user("auditor")
+        )
+    assert await _reads_recorded(parts["db"]) == before + 2
+
+
+def _retention_event(service: str):
+    return audit_log.build_event(
+        service=service,
+        action="tenancy.organization.update",
+        actor=audit_log.Actor("service", service, service),
+        outcome="SUCCESS",
+        organization_id="A",
+        target=("organization", "A"),
+        details={"audit_retention_days": 1},
+    )
+
+
+async def test_only_tenancy_sets_an_organizations_retention(stack):
+    # Any service account could send "tenancy.organization.update" with a short retention under its
+    # own service name, and the next purge removed that organization's history (VerifyChain still ok).
+    stub, _, _, _, parts = stack
+    mint = parts["mint"]
+    spoof = _retention_event("gateway")
+    err = await denied(
+        stub.IngestEvents(pb.IngestEventsRequest(events=[spoof]), metadata=mint.md(mint.service("gateway"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert [v.field for v in bad_request(err).field_violations] == ["events[0].action"]
+    # and an event that is not tenancy's carries no retention, whatever its action says
+    assert retention_days_of(domain_events([spoof])[0]) is None
+    assert retention_days_of(domain_events([_retention_event("tenancy")])[0]) == 1

@@ -48,9 +48,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         scope = await self.access.for_filter(principal, wanted)
         return principal, scope
 
-    async def _audit_read(self, principal, rpc: str, details: dict, first_page: bool = True) -> None:
-        if first_page:
-            await self.audit.record_read(principal.id, rpc, details, current_request_id() or "")
+    async def _audit_read(self, principal, rpc: str, details: dict) -> None:
+        await self.audit.record_read(principal.id, rpc, details, current_request_id() or "")
 
     # ---- ingest ---------------------------------------------------------------
     async def IngestEvents(self, request, context):
@@ -71,6 +70,11 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
             # another's mouth (the name is signed into the token by identity).
             if e.service and e.service != name:
                 errs.add(f"events[{i}].service", f"must be {name!r}, the calling service account")
+            # ... and only its own actions ("tenancy.organization.update" carries an organization's
+            # retention: from anyone else it would let them purge that organization's history)
+            field = f"events[{i}].action"
+            if e.action.split(".", 1)[0] != name and not any(v.field == field for v in errs.violations):
+                errs.add(field, f"must start with {name + '.'!r}: a service records only its own actions")
         errs.raise_if_any()
         result = await self.audit.ingest(batch)
         return pb.IngestEventsResponse(accepted_count=result.accepted, duplicate_count=result.duplicates)
@@ -88,7 +92,9 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
                 raise errors.InvalidArgument.field("page_token", "belongs to another filter")
             after = (position["t"], str(position.get("i", "")))
         if scope.cross_organization:
-            await self._audit_read(principal, "ListEvents", describe(scope.filter), first_page=after is None)
+            # every page: a page token is the client's to make, so "only the first page" let a
+            # made-up second page read across organizations unrecorded
+            await self._audit_read(principal, "ListEvents", describe(scope.filter))
         found = await self.audit.store.list(scope.filter, size + 1, after)
         page = found[:size]
         token = ""

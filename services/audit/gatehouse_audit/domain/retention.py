@@ -59,7 +59,12 @@ def _find(node: Any, depth: int = 0) -> int | None:
 
 def retention_days_of(event: Event) -> int | None:
     """The organization's new audit retention carried by ``event``, if it carries one."""
-    if event.action not in ACTIONS or event.outcome != "SUCCESS" or not event.organization_id:
+    if (
+        event.service != "tenancy"  # the organization's settings are tenancy's (ingest checks who sent it)
+        or event.action not in ACTIONS
+        or event.outcome != "SUCCESS"
+        or not event.organization_id
+    ):
         return None
     try:
         return _find(json.loads(event.details))
