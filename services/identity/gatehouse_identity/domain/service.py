@@ -453,17 +453,28 @@ class IdentityService:
                 )
             amr = ("pwd", "otp")
         async with self.store.transaction() as tx:
-            if self.hasher.needs_rehash(user.password_hash):
-                await tx.update_user(user.id, password_hash=await self._hash(password))
-            await tx.clear_failures(email_hash)
-            session, refresh = await self._new_session(tx, user, amr, client)
-            await tx.audit(
-                "identity.login.succeeded",
-                actor=Principal(kind="user", id=user.id, session_id=session.id),
-                target=("user", user.id),
-                details={"session_id": session.id, "amr": list(amr)},
+            # The password was checked outside any transaction (argon2 takes a while): a password
+            # change, reset or disable that committed meanwhile could not revoke a session that did
+            # not exist yet. Under the user's row lock, the session is made only for the password
+            # and the state that were verified.
+            current = await tx.lock_user(user.id)
+            stale = current is None or not current.active or current.password_hash != user.password_hash
+            if not stale:
+                if self.hasher.needs_rehash(user.password_hash):
+                    await tx.update_user(user.id, password_hash=await self._hash(password))
+                await tx.clear_failures(email_hash)
+                session, refresh = await self._new_session(tx, user, amr, client)
+                await tx.audit(
+                    "identity.login.succeeded",
+                    actor=Principal(kind="user", id=user.id, session_id=session.id),
+                    target=("user", user.id),
+                    details={"session_id": session.id, "amr": list(amr)},
+                )
+                await tx.commit()
+        if stale:
+            raise await self._login_failed(
+                normalized, user, "credentials changed during sign-in", "INVALID_CREDENTIALS"
             )
-            await tx.commit()
         return m.LoginResult(await self._access_token(user.id, session), refresh, session, user)
 
     async def refresh(self, refresh_token: str) -> tuple[m.IssuedToken, str, m.Session]:
