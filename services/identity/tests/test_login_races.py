@@ -12,6 +12,7 @@ import uuid
 import grpc
 
 from gatehouse.identity.v1 import identity_service_pb2 as pb
+from gatehouse.kit.status import error_info
 from gatehouse.testing.identity import DEFAULT_PASSWORD
 from services.identity.tests.helpers import fails, md
 
@@ -56,3 +57,29 @@ async def test_a_sign_in_checked_before_a_password_change_gets_no_session(identi
         identity.stub.Login(pb.LoginRequest(email=email, password=DEFAULT_PASSWORD)),
         grpc.StatusCode.UNAUTHENTICATED,
     )
+
+
+async def test_guesses_sent_at_once_are_counted_each(identity):
+    # The lock was checked before and the failure counted after the password check, by a read
+    # and a write: 40 guesses sent together were all checked (the right one among them signed
+    # in), and two first failures at once collided on the throttle row (INTERNAL, uncounted).
+    # (A right password counted within the threshold signs in and clears the count, as before.)
+    email = f"g-{uuid.uuid4().hex[:8]}@example.com"
+    await identity.create_user(email)
+    threshold = identity.identity.service.config.lockout_threshold
+
+    async def guess(password: str) -> str:
+        try:
+            await identity.stub.Login(pb.LoginRequest(email=email, password=password))
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            return error_info(exc).reason if error_info(exc) else exc.code().name
+
+    passwords = [f"wrong-{i}" for i in range(40)]
+    passwords[-1] = DEFAULT_PASSWORD  # sent last: counted past the threshold, so refused too
+    answers = await asyncio.gather(*(guess(p) for p in passwords))
+    assert set(answers) <= {"INVALID_CREDENTIALS", "LOGIN_LOCKED", "OK"}, answers  # never INTERNAL
+    assert answers.count("INVALID_CREDENTIALS") + answers.count("OK") <= threshold, answers
+    assert answers.count("LOGIN_LOCKED") >= 40 - threshold
+    # and the account stays locked, for the right password too
+    assert await guess(DEFAULT_PASSWORD) == "LOGIN_LOCKED"

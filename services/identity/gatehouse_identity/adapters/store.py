@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from gatehouse.kit import audit_log, errors, outbox
@@ -298,36 +299,46 @@ class Tx:
             return row.locked_until
         return None
 
+    async def count_attempt(self, email_hash: str, now: float, *, window: float) -> tuple[int, float | None]:
+        """Count one attempt in one statement (an upsert), so concurrent attempts each get their own
+        count; returns (attempts in the current window, this one included; the lock expiry held
+        before it, if any). A window that ended, or a lock that expired, starts a new count."""
+        c = login_throttle.c
+        insert = (postgresql.insert if self.session.bind.dialect.name == "postgresql" else sqlite.insert)(
+            login_throttle
+        )
+        fresh = sa.or_(
+            c.window_start < now - window, sa.and_(c.locked_until.is_not(None), c.locked_until <= now)
+        )
+        statement = (
+            insert.values(email_hash=email_hash, failures=1, window_start=now)
+            .on_conflict_do_update(
+                index_elements=[c.email_hash],
+                set_={
+                    "failures": sa.case((fresh, 1), else_=c.failures + 1),
+                    "window_start": sa.case((fresh, now), else_=c.window_start),
+                    "locked_until": sa.case((fresh, None), else_=c.locked_until),
+                },
+            )
+            .returning(c.failures, c.locked_until)
+        )
+        row = (await self.session.execute(statement)).one()
+        return row.failures, row.locked_until
+
+    async def lock_login(self, email_hash: str, until: float) -> None:
+        await self.session.execute(
+            login_throttle.update()
+            .where(login_throttle.c.email_hash == email_hash)
+            .values(locked_until=until)
+        )
+
     async def record_failure(
         self, email_hash: str, now: float, *, window: float, threshold: int, duration: float
     ) -> float | None:
-        """Count a failed login; returns the lock expiry when this failure locked the account."""
-        row = await self._one(sa.select(login_throttle).where(login_throttle.c.email_hash == email_hash))
-        if row is None:
-            await self.session.execute(
-                login_throttle.insert().values(email_hash=email_hash, failures=1, window_start=now)
-            )
-            failures = 1
-        elif row.window_start < now - window or (row.locked_until and row.locked_until <= now):
-            failures = 1
-            await self.session.execute(
-                login_throttle.update()
-                .where(login_throttle.c.email_hash == email_hash)
-                .values(failures=1, window_start=now, locked_until=None)
-            )
-        else:
-            failures = row.failures + 1
-            await self.session.execute(
-                login_throttle.update()
-                .where(login_throttle.c.email_hash == email_hash)
-                .values(failures=login_throttle.c.failures + 1)
-            )
+        """Count a failed attempt; returns the lock expiry when this failure locked the account."""
+        failures, _ = await self.count_attempt(email_hash, now, window=window)
         if failures >= threshold:
-            await self.session.execute(
-                login_throttle.update()
-                .where(login_throttle.c.email_hash == email_hash)
-                .values(locked_until=now + duration)
-            )
+            await self.lock_login(email_hash, now + duration)
             return now + duration
         return None
 

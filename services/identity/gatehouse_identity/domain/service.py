@@ -349,20 +349,33 @@ class IdentityService:
         return await tx.use_recovery_code(user.id, self.box.mac(normalized), time.time())
 
     async def _login_failed(
-        self, email: str, user: m.User | None, why: str, reason: str, action: str = "identity.login.failed"
+        self,
+        email: str,
+        user: m.User | None,
+        why: str,
+        reason: str,
+        action: str = "identity.login.failed",
+        counted: int | None = None,
     ) -> errors.GatehouseError:
-        """Count the failure (maybe locking the email), audit it, and build the error to raise."""
+        """Count the failure (maybe locking the email), audit it, and build the error to raise.
+        ``counted``: the attempt was counted already (sign-in counts before checking), as that many."""
         now = time.time()
         email_hash = self.box.mac(email)
         actor_target = ("user", user.id) if user else None
         async with self.store.transaction() as tx:
-            locked_until = await tx.record_failure(
-                email_hash,
-                now,
-                window=self.config.lockout_window,
-                threshold=self.config.lockout_threshold,
-                duration=self.config.lockout_duration,
-            )
+            if counted is None:
+                locked_until = await tx.record_failure(
+                    email_hash,
+                    now,
+                    window=self.config.lockout_window,
+                    threshold=self.config.lockout_threshold,
+                    duration=self.config.lockout_duration,
+                )
+            elif counted >= self.config.lockout_threshold:
+                locked_until = now + self.config.lockout_duration
+                await tx.lock_login(email_hash, locked_until)
+            else:
+                locked_until = None
             await tx.audit(
                 action,
                 outcome="DENIED",
@@ -413,10 +426,21 @@ class IdentityService:
     async def login(self, email: str, password: str, totp_code: str, client: ClientInfo) -> m.LoginResult:
         normalized = m.normalize_email(email)
         email_hash = self.box.mac(normalized)
+        now = time.time()
         async with self.store.transaction() as tx:
-            locked_until = await tx.locked_until(email_hash, time.time())
-            if locked_until is None:
-                user = await tx.get_user_by_email(normalized) if normalized else None
+            # The attempt is counted before its password is checked, in one statement: attempts
+            # sent at once each see their own count (counted after the check, 40 parallel guesses
+            # were all checked before the first failure was recorded).
+            attempts, locked_until = await tx.count_attempt(
+                email_hash, now, window=self.config.lockout_window
+            )
+            if locked_until is None and attempts > self.config.lockout_threshold:
+                locked_until = now + self.config.lockout_duration
+                await tx.lock_login(email_hash, locked_until)
+            user = None
+            if locked_until is None and normalized:
+                user = await tx.get_user_by_email(normalized)
+            await tx.commit()
         if locked_until is not None:
             async with self.store.transaction() as tx:
                 await tx.audit(
@@ -439,7 +463,7 @@ class IdentityService:
         )
         if user is None or not ok or not user.active:
             why = "unknown email" if user is None else ("wrong password" if not ok else "account disabled")
-            raise await self._login_failed(normalized, user, why, "INVALID_CREDENTIALS")
+            raise await self._login_failed(normalized, user, why, "INVALID_CREDENTIALS", counted=attempts)
         amr: tuple[str, ...] = ("pwd",)
         if user.mfa_enabled:
             if not totp_code.strip():
@@ -449,7 +473,7 @@ class IdentityService:
                 await tx.commit()  # a code or recovery code is spent even if a later step fails
             if not second_ok:
                 raise await self._login_failed(
-                    normalized, user, "invalid second factor", "INVALID_SECOND_FACTOR"
+                    normalized, user, "invalid second factor", "INVALID_SECOND_FACTOR", counted=attempts
                 )
             amr = ("pwd", "otp")
         async with self.store.transaction() as tx:
@@ -473,7 +497,11 @@ class IdentityService:
                 await tx.commit()
         if stale:
             raise await self._login_failed(
-                normalized, user, "credentials changed during sign-in", "INVALID_CREDENTIALS"
+                normalized,
+                user,
+                "credentials changed during sign-in",
+                "INVALID_CREDENTIALS",
+                counted=attempts,
             )
         return m.LoginResult(await self._access_token(user.id, session), refresh, session, user)
 
