@@ -37,8 +37,10 @@ def _ref(msg, field: str, errs: ErrorCollector) -> m.Ref:
     return (msg.type, msg.id)
 
 
-def _fits(value: str, field: str, errs: ErrorCollector) -> None:
-    errs.require(len(value) <= MAX_ID, field, f"must be at most {MAX_ID} characters")
+def _fits(value: str, field: str, errs: ErrorCollector) -> bool:
+    """Whether ``value`` fits the store's id columns; a field violation when it does not."""
+    errs.require(fits := len(value) <= MAX_ID, field, f"must be at most {MAX_ID} characters")
+    return fits
 
 
 def _filter(f, field: str, errs: ErrorCollector) -> Filter:
@@ -365,10 +367,8 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             if not ms.organization_id or not ms.user_id or (status is None and op != "delete"):
                 errs.add(f"{where}.membership_state", "needs organization_id, user_id and a status")
                 return None
-            before = len(errs.violations)
-            _fits(ms.organization_id, f"{where}.membership_state.organization_id", errs)
-            _fits(ms.user_id, f"{where}.membership_state.user_id", errs)
-            if len(errs.violations) > before:
+            org_fits = _fits(ms.organization_id, f"{where}.membership_state.organization_id", errs)
+            if not (_fits(ms.user_id, f"{where}.membership_state.user_id", errs) and org_fits):
                 return None
             return op, m.State("membership", f"{ms.organization_id}|{ms.user_id}", status or m.ACTIVE)
         if kind == "resource_state":
@@ -389,8 +389,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             if ref.type != "organization" or not ref.id:
                 errs.add(f"{where}.resource_settings.resource", "must be an organization (type and id)")
                 return None
-            if len(ref.id) > MAX_ID:
-                _fits(ref.id, f"{where}.resource_settings.resource.id", errs)
+            if not _fits(ref.id, f"{where}.resource_settings.resource.id", errs):
                 return None
             return op, m.State("require_mfa", ref.id, "1" if u.resource_settings.require_mfa else "0")
         errs.add(where, "needs an item")
@@ -533,7 +532,7 @@ class AuthzServicer(authz_service_pb2_grpc.AuthzServiceServicer):
             # second pooled connection while every other write waits on this lock (with a busy
             # replica that stalled every write until the pool's 30 s timeout, twice).
             base, match = self.index.revision, self._matcher(f)
-            found = dict.fromkeys(self._matching(f))  # ordered, as the index lists them
+            found = dict.fromkeys(t for t in self.index.tuples() if match(t))  # in the index's order
             try:
                 gap = await self.store.changes_in(session, base)
             except ChangeLogCompacted:  # pruned within the last moments: only a retry can tell

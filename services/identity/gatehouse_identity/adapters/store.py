@@ -106,13 +106,11 @@ class Tx:
         )
 
     # ---- users -----------------------------------------------------------------
-    async def get_user(self, user_id: str) -> m.User | None:
-        row = await self._one(sa.select(users).where(users.c.id == user_id))
-        return _user(row) if row else None
-
-    async def lock_user(self, user_id: str) -> m.User | None:
-        """The user, its row locked until the transaction ends (PostgreSQL; SQLite serializes writers)."""
-        row = await self._one(sa.select(users).where(users.c.id == user_id).with_for_update())
+    async def get_user(self, user_id: str, *, lock: bool = False) -> m.User | None:
+        """The user; with ``lock``, its row locked until the transaction ends (PostgreSQL; SQLite
+        serializes writers)."""
+        query = sa.select(users).where(users.c.id == user_id)
+        row = await self._one(query.with_for_update() if lock else query)
         return _user(row) if row else None
 
     async def get_user_by_email(self, email: str) -> m.User | None:

@@ -481,7 +481,7 @@ class IdentityService:
             # change, reset or disable that committed meanwhile could not revoke a session that did
             # not exist yet. Under the user's row lock, the session is made only for the password
             # and the state that were verified.
-            current = await tx.lock_user(user.id)
+            current = await tx.get_user(user.id, lock=True)
             stale = current is None or not current.active or current.password_hash != user.password_hash
             if not stale:
                 if self.hasher.needs_rehash(user.password_hash):

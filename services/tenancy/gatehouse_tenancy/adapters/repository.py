@@ -228,6 +228,10 @@ class Repository:
         await self.s.execute(t.organizations.delete().where(t.organizations.c.id == org_id))
 
     # ---- organization members --------------------------------------------
+    async def is_active_member(self, org_id: str, user_id: str) -> bool:
+        member = await self.get_org_member(org_id, user_id)
+        return member is not None and member.status == m.MEMBER_ACTIVE
+
     async def get_org_member(self, org_id: str, user_id: str) -> m.OrgMember | None:
         c = t.org_members.c
         row = await self._one(

@@ -181,8 +181,7 @@ class Core:
         if p.kind != "user":
             return False
         async with self.tx() as tx:
-            member = await tx.repo.get_org_member(org_id, p.id)
-        return member is not None and member.status == m.MEMBER_ACTIVE
+            return await tx.repo.is_active_member(org_id, p.id)
 
     # ---- loading with the tenant rules ----------------------------------------
     async def load_org(
@@ -254,3 +253,11 @@ class Core:
             ident=group_id,
         )
         return group
+
+
+async def require_active_member(
+    tx, org_id: str, user_id: str, message: str = "the user is not an active member of the organization"
+) -> None:
+    """FAILED_PRECONDITION (``MEMBERSHIP_NOT_ACTIVE``) unless the user is an active member."""
+    if not await tx.repo.is_active_member(org_id, user_id):
+        raise errors.FailedPrecondition(message, reason="MEMBERSHIP_NOT_ACTIVE")

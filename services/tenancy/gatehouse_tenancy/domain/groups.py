@@ -7,7 +7,7 @@ from gatehouse.kit.context import Principal
 from gatehouse.kit.ids import new_id
 from gatehouse.kit.pagination import decode_token, page_size
 from gatehouse_tenancy.domain import model as m
-from gatehouse_tenancy.domain.base import ORG_VIEW, Core, group_ref, org_ref, user_ref
+from gatehouse_tenancy.domain.base import ORG_VIEW, Core, group_ref, org_ref, require_active_member, user_ref
 
 MANAGE = "org:manage_groups"
 
@@ -115,11 +115,7 @@ class Groups(Core):
             return await self._group_member(group.id, user_id)
         async with self.tx() as tx:
             await tx.repo.lock_organization(group.organization_id)
-            member = await tx.repo.get_org_member(group.organization_id, user_id)
-            if member is None or member.status != m.MEMBER_ACTIVE:
-                raise errors.FailedPrecondition(
-                    "the user is not an active member of the organization", reason="MEMBERSHIP_NOT_ACTIVE"
-                )
+            await require_active_member(tx, group.organization_id, user_id)
             if await tx.repo.is_group_member(group.id, user_id):
                 raise errors.AlreadyExists("the user is already in the group")
             await tx.repo.add_group_member(group.id, user_id)

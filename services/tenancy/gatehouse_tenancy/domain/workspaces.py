@@ -7,7 +7,7 @@ from gatehouse.kit.context import Principal
 from gatehouse.kit.ids import new_id
 from gatehouse.kit.pagination import decode_token, encode_token, page_size
 from gatehouse_tenancy.domain import model as m
-from gatehouse_tenancy.domain.base import Core, org_ref, user_ref, ws_ref
+from gatehouse_tenancy.domain.base import Core, org_ref, require_active_member, user_ref, ws_ref
 
 ANY_CAPABILITY = "chat"  # the viewer's first capability: whoever holds any role on a workspace holds it
 
@@ -197,11 +197,7 @@ class Workspaces(Core):
 
     async def _check_principal(self, tx, ws: m.Workspace, ptype: str, pid: str) -> None:
         if ptype == "user":
-            member = await tx.repo.get_org_member(ws.organization_id, pid)
-            if member is None or member.status != m.MEMBER_ACTIVE:
-                raise errors.FailedPrecondition(
-                    "the user is not an active member of the organization", reason="MEMBERSHIP_NOT_ACTIVE"
-                )
+            await require_active_member(tx, ws.organization_id, pid)
         elif ptype == "group":
             group = await tx.repo.get_group(pid)
             if group is None or group.organization_id != ws.organization_id:
@@ -319,12 +315,12 @@ class Workspaces(Core):
             if ws.owner_user_id != checked_owner:
                 # the right was checked against an owner who has changed since: do not act on it
                 raise errors.Aborted("the ownership changed concurrently; read again and retry")
-            org_member = await tx.repo.get_org_member(ws.organization_id, new_owner)
-            if org_member is None or org_member.status != m.MEMBER_ACTIVE:
-                raise errors.FailedPrecondition(
-                    "the new owner must be an active member of the organization",
-                    reason="MEMBERSHIP_NOT_ACTIVE",
-                )
+            await require_active_member(
+                tx,
+                ws.organization_id,
+                new_owner,
+                "the new owner must be an active member of the organization",
+            )
             old = ws.owner_user_id
             if old != new_owner:
                 current = await tx.repo.get_workspace_member(ws.id, "user", new_owner)
