@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from gatehouse.kit import errors
 from gatehouse.kit.context import Principal, current_principal
 from gatehouse.kit.interceptors import _new_request_id
+from gatehouse.kit.server import GenericOnly
 from gatehouse.kit.status import bad_request, error_info, retry_info
 from gatehouse.testing.servers import TEST_SERVICE, call, make_server, raw_service
 
@@ -140,6 +141,96 @@ async def test_public_method_needs_no_token_but_refuses_a_bad_one(error_server):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call(error_server, "Public", metadata=[("authorization", "Bearer forged")])
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class CountingVerifier:
+    """A verifier with a synchronous cache probe (as authz's CachedVerifier): tokens it has
+    cached are answered by ``cached``; the kit awaits the verifier itself only on a miss."""
+
+    def __init__(self):
+        self.verified: list[str] = []
+        self.known = {"good": Principal(kind="user", id="u1")}
+
+    def cached(self, token: str) -> Principal | None:
+        return self.known.get(token)
+
+    async def __call__(self, token: str) -> Principal:
+        self.verified.append(token)
+        if token != "fresh":
+            raise errors.Unauthenticated("invalid or expired access token", reason="TOKEN_INVALID")
+        return Principal(kind="user", id="u2")
+
+
+async def test_cached_tokens_skip_the_verifier_and_misses_reach_it(tmp_path):
+    async def whoami(request: bytes, context) -> bytes:
+        return current_principal().subject.encode()
+
+    verifier = CountingVerifier()
+    server = make_server(tmp_path, raw_service({"WhoAmI": whoami}), verifier=verifier)
+    port = await server.start()
+    await server.wait_started()
+    try:
+        for _ in range(3):
+            body, _ = await call(port, "WhoAmI", metadata=[("authorization", "Bearer good")])
+            assert body == b"user:u1"
+        assert verifier.verified == []  # answered from the cache probe, no verification
+        body, _ = await call(port, "WhoAmI", metadata=[("authorization", "Bearer fresh")])
+        assert body == b"user:u2" and verifier.verified == ["fresh"]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(port, "WhoAmI", metadata=[("authorization", "Bearer forged")])
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert verifier.verified == ["fresh", "forged"]
+    finally:
+        await server.stop(0)
+
+
+class RecordingServer:
+    def __init__(self):
+        self.generic, self.registered = [], []
+
+    def add_generic_rpc_handlers(self, handlers):
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service, handlers):
+        self.registered.append(service)
+
+
+def test_services_are_added_as_generic_handlers_only():
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    recorder = RecordingServer()
+    handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    GenericOnly(recorder).add_registered_method_handlers(TEST_SERVICE, handlers)
+    assert recorder.registered == []  # grpc.aio never sees a registered method
+    details = type("Details", (), {"method": f"/{TEST_SERVICE}/Echo", "invocation_metadata": ()})()
+    assert [h.service(details) for h in recorder.generic] == [handlers["Echo"]]
+
+
+async def test_a_service_registered_both_ways_is_served(tmp_path):
+    """As generated ``add_*Servicer_to_server`` code registers: generic and registered."""
+
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+
+    def register(server) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TEST_SERVICE, handlers),))
+        server.add_registered_method_handlers(TEST_SERVICE, handlers)
+
+    def register_only(server) -> None:
+        server.add_registered_method_handlers(TEST_SERVICE, handlers)
+
+    for how in (register, register_only):
+        server = make_server(tmp_path, how, verifier=accept_test_token)
+        port = await server.start()
+        await server.wait_started()
+        try:
+            body, _ = await call(port, "Echo", b"hi", metadata=[("authorization", "Bearer good")])
+            assert body == b"hi"
+        finally:
+            await server.stop(0)
 
 
 async def test_health_reports_not_serving_until_startup_and_dependencies(tmp_path):

@@ -13,11 +13,13 @@ machinery with one part each, for servers that compose them by hand.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 
 import grpc
 
@@ -73,11 +75,19 @@ class _RequestIds:
             self._prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{random.getrandbits(12):03x}-"
             self._counter = random.getrandbits(61)  # half the space: counting up never wraps
         self._counter = counter = self._counter + 1
-        return f"{self._prefix}{0x8000 | counter >> 48:04x}-{counter & 0xFFFFFFFFFFFF:012x}"
+        # the variant bits (10) over the counter's 62 bits: 16 hex digits, split 4-12
+        tail = "%016x" % (0x8000000000000000 | counter)
+        return f"{self._prefix}{tail[:4]}-{tail[4:]}"
 
 
 _new_request_id = _RequestIds()
 os.register_at_fork(after_in_child=_new_request_id.reset)
+
+
+# The invocation metadata grpc.aio already converted for the handler lookup (HandlerCallDetails),
+# handed to the call it resolves: the lookup and the call run in the same task (the RPC's own,
+# whose context nothing else shares), so the call reads it instead of converting it a second time.
+_lookup_metadata: ContextVar[tuple | None] = ContextVar("gatehouse_lookup_metadata", default=None)
 
 
 def _valid_request_id(value: str | None) -> bool:
@@ -120,20 +130,24 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         entry = self._wrapped.get(method)
         if entry is None or entry[0] is not handler:
-            entry = (handler, wrap_handler(handler, _MethodScope(self, method)))
+            entry = (handler, _MethodScope(self, method).wrap(handler))
             self._wrapped[method] = entry
+        _lookup_metadata.set(handler_call_details.invocation_metadata)
         return entry[1]
 
 
 class _MethodScope:
     """What a method's calls share, computed once; calling it gives one call's scope."""
 
-    __slots__ = ("core", "method", "public", "ready", "telemetry", "unimplemented", "verify")
+    __slots__ = ("cached", "core", "method", "public", "ready", "telemetry", "unimplemented", "verify")
 
     def __init__(self, kit: KitInterceptor, method: str):
         self.method = method
         self.core = kit.core
         self.verify = kit.verify
+        # a verifier's synchronous cache probe (token -> Principal or None), when it has one:
+        # a cached token then costs no coroutine
+        self.cached = getattr(kit.verify, "cached", None)
         self.public = kit._is_public(method)
         # health and reflection answer while the service starts; everything else waits for it
         self.ready = None if method.startswith(ALWAYS_PUBLIC_PREFIXES) else kit.ready
@@ -143,6 +157,38 @@ class _MethodScope:
     def __call__(self, context: grpc.aio.ServicerContext) -> _CallScope:
         return _CallScope(self, context)
 
+    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` with the kit around it. A unary call with an async behaviour (every
+        Gatehouse servicer method but the streams) takes :meth:`unary`, the hot path; the other
+        shapes run inside the scope as an async context manager (:func:`wrap_handler`)."""
+        inner = handler.unary_unary
+        if inner is None or not inspect.iscoroutinefunction(inner):
+            return wrap_handler(handler, self)
+        return grpc.unary_unary_rpc_method_handler(
+            self.unary(inner),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def unary(self, inner):
+        """One coroutine around ``inner``: the scope's work without the context manager protocol,
+        and a successful call ends without resetting the context variables (:meth:`_CallScope.close`)."""
+
+        async def call(request, context):
+            scope = _CallScope(self, context)
+            try:
+                token = scope.open()
+                if token is not None:
+                    await scope.authenticate(token)
+                response = await inner(request, context)
+            except BaseException as exc:
+                await scope.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+            scope.close()
+            return response
+
+        return call
+
 
 # Invocation metadata the kit reads, in one pass over it per call.
 _READ_KEYS = frozenset(
@@ -151,7 +197,11 @@ _READ_KEYS = frozenset(
 
 
 class _CallScope:
-    """One call: telemetry, then request id and client info, then the principal (async context manager)."""
+    """One call: telemetry, then request id and client info, then the principal.
+
+    An async context manager (streams), or driven by :meth:`_MethodScope.unary`: :meth:`open`,
+    :meth:`authenticate` when the token is not cached, then :meth:`close` or ``__aexit__``.
+    """
 
     __slots__ = (
         "client_token",
@@ -170,9 +220,25 @@ class _CallScope:
         self.span = self.request_token = self.principal_tokens = self.logged = None
 
     async def __aenter__(self):
+        try:
+            token = self.open()
+            if token is not None:
+                await self.authenticate(token)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def open(self) -> str | None:
+        """Everything of entering that needs no waiting; returns the bearer token still to verify
+        (None when there is none, or the verifier had it cached). Raises what refuses the call
+        (``__aexit__`` then maps it)."""
         s, context = self.s, self.context
+        metadata = _lookup_metadata.get()
+        if metadata is None:  # not resolved through KitInterceptor.intercept_service
+            metadata = context.invocation_metadata()
         found = {}
-        for key, value in context.invocation_metadata() or ():
+        for key, value in metadata or ():
             if key in _READ_KEYS and key not in found:
                 found[key] = value if isinstance(value, str) else value.decode()
         if s.telemetry is not None:
@@ -192,25 +258,39 @@ class _CallScope:
             # (started, peer) when the access line is logged; the peer is read now: a call
             # cancelled at shutdown must not be touched afterwards
             self.logged = (time.perf_counter(), context.peer()) if access.isEnabledFor(logging.INFO) else None
-        if s.verify is not None or s.ready is not None:
-            try:
-                if s.ready is not None and not s.ready.is_set():
-                    # Start-up hooks (migrations, authz's index load) have not finished: an answer
-                    # now could come from half-loaded state, so none is given.
-                    raise errors.Unavailable(
-                        "the service is starting; retry shortly", reason="SERVICE_STARTING"
-                    )
-                if s.verify is not None:
-                    header = found.get("authorization")
-                    principal = token = None
-                    if header is not None or not s.public:
-                        token = parse_bearer(header)
-                        principal = await s.verify(token)
-                    self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
-            except BaseException as exc:
-                await self.__aexit__(type(exc), exc, exc.__traceback__)
-                raise
-        return self
+        if s.ready is not None and not s.ready.is_set():
+            # Start-up hooks (migrations, authz's index load) have not finished: an answer
+            # now could come from half-loaded state, so none is given.
+            raise errors.Unavailable("the service is starting; retry shortly", reason="SERVICE_STARTING")
+        if s.verify is None:
+            return None
+        header = found.get("authorization")
+        if header is None and s.public:
+            self.principal_tokens = (principal_var.set(None), bearer_token_var.set(None))
+            return None
+        token = parse_bearer(header)
+        principal = s.cached(token) if s.cached is not None else None
+        if principal is None:
+            return token
+        self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
+        return None
+
+    async def authenticate(self, token: str) -> None:
+        """Verify ``token`` (the verifier may wait, e.g. for identity's keys) and expose the principal."""
+        principal = await self.s.verify(token)
+        self.principal_tokens = (principal_var.set(principal), bearer_token_var.set(token))
+
+    def close(self) -> None:
+        """The end of a unary call that returned: its access line and its span.
+
+        The context variables set by :meth:`open` are left as they are: a grpc.aio server runs
+        each RPC in a task of its own, whose context is a copy nothing else reads, and the task
+        ends with the call."""
+        if self.logged is not None:
+            self._log_access(_code_name(self.context.code(), "OK"), principal_var.get())
+        span, telemetry = self.span, self.s.telemetry
+        if span is not None and not telemetry.quiet:
+            telemetry.end(span, self.context.code() if telemetry.needs_code else None, None, None, None)
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         principal = principal_var.get() if self.logged is not None else None  # for the access line
@@ -271,23 +351,26 @@ class _CallScope:
     def _close_core(self, code: str, principal: Principal | None) -> None:
         """The access line (when enabled), then the request id and client info are reset."""
         if self.logged is not None:
-            method = self.s.method
-            started, peer = self.logged
-            access.info(
-                "%s %s",
-                method,
-                code,
-                extra={
-                    "method": method,
-                    "code": code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "peer": peer,
-                    "principal": principal.subject if principal else None,
-                },
-            )
+            self._log_access(code, principal)
         request_id_var.reset(self.request_token)
         client_info_var.reset(self.client_token)
         self.request_token = None
+
+    def _log_access(self, code: str, principal: Principal | None) -> None:
+        method = self.s.method
+        started, peer = self.logged
+        access.info(
+            "%s %s",
+            method,
+            code,
+            extra={
+                "method": method,
+                "code": code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "peer": peer,
+                "principal": principal.subject if principal else None,
+            },
+        )
 
 
 class CoreInterceptor(KitInterceptor):

@@ -124,6 +124,7 @@ class MethodTelemetry:
         "_requests",
         "_tracer",
         "needs_code",
+        "quiet",
     )
 
     def __init__(self, server: ServerTelemetry, method: str):
@@ -134,10 +135,13 @@ class MethodTelemetry:
         self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         self._by_code: dict[str, dict] = {}
         self.needs_code = not self._lean or self._metrics  # end() reads the status only then
+        # nothing to record when a call ends: a lean span and no metrics (the context variable
+        # holding the span needs no reset at the end of a call served in a task of its own)
+        self.quiet = not self.needs_code
 
     def begin(self, traceparent: str | None, tracestate: str | None):
         """Start the call's span (current until :meth:`end`); returns the handle for :meth:`end`."""
-        started = time.perf_counter()
+        started = time.perf_counter() if self._metrics else 0.0
         if self._lean:
             return started, _lean_span.set(_LeanSpan(traceparent, tracestate)), None
         carrier = {}

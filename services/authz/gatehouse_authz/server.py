@@ -98,11 +98,17 @@ class CachedVerifier:
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, object]] = {}
 
-    async def __call__(self, token: str):
-        now = time.monotonic()
+    def cached(self, token: str):
+        """The principal of ``token`` if it was verified less than ``ttl`` ago, else None (no
+        coroutine: the kit asks this first and awaits the verifier only on a miss)."""
         hit = self._cache.get(token)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    async def __call__(self, token: str):
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
+        now = time.monotonic()
         principal = await self._verify(token)
         until = now + self.ttl
         if principal.expires_at is not None:

@@ -130,13 +130,17 @@ async def test_cached_verifier_serves_only_verified_tokens_for_a_short_time():
 
     cached = CachedVerifier(counting, ttl=0.2)
     token = mint.service()
+    assert cached.cached(token) is None  # the synchronous probe knows only verified tokens
     first, second = await cached(token), await cached(token)
     assert first == second and first.kind == "service" and len(calls) == 1
+    assert cached.cached(token) == first
     with pytest.raises(errors.Unauthenticated):
         await cached(token[:-4] + "AAAA")  # a forged signature is verified (and refused), never served
     with pytest.raises(errors.Unauthenticated):
         await cached(token[:-4] + "AAAA")
     assert len(calls) == 3  # failures are not cached
+    assert cached.cached(token[:-4] + "AAAA") is None
     await _asyncio.sleep(0.25)
+    assert cached.cached(token) is None  # expired: the kit then awaits the verifier
     await cached(token)
     assert len(calls) == 4  # verified again after the ttl
