@@ -372,22 +372,31 @@ def fmt(r: dict) -> str:
     )
 
 
-async def main(args) -> dict:
+def credentials(tmp: str) -> tuple[tuple, dict[str, str]]:
+    """A fresh signing key: the metadata of a service token it signed, and the environment of
+    server processes that trust it (``bench/authz_server.py`` reads ``BENCH_JWK``)."""
     key = generate_signing_key()
-    md = (
-        (
-            "authorization",
-            f"Bearer {issue_token(key, issuer='gatehouse', audience='gatehouse', subject='bench', principal_type='service', ttl_seconds=3600)}",
-        ),
+    token = issue_token(
+        key,
+        issuer="gatehouse",
+        audience="gatehouse",
+        subject="bench",
+        principal_type="service",
+        ttl_seconds=3600,
     )
-    tmp = tempfile.mkdtemp(prefix="gh-bench-")
-    base_env = {
+    env = {
         **os.environ,
         "BENCH_JWK": json.dumps(public_jwk(key)),
         "GATEHOUSE_LISTEN_ADDRESS": "127.0.0.1:0",
         "GATEHOUSE_DATA_DIR": tmp,
         "GATEHOUSE_LOG_LEVEL": "WARNING",
     }
+    return (("authorization", f"Bearer {token}"),), env
+
+
+async def main(args) -> dict:
+    tmp = tempfile.mkdtemp(prefix="gh-bench-")
+    md, base_env = credentials(tmp)
     rng = random.Random(11)
     small, large = Dataset(args.small), Dataset(args.large)
     databases, servers = [], []
