@@ -3,8 +3,8 @@
 ``python bench/authz_instructions.py [--kinds noop,noop-service,authz:check,authz:noop]``
 
 Timings on a shared 2-core machine move by ±10 % from run to run; the number of instructions a
-server executes per call does not (repeat runs agree within about 1 %), and does not depend on
-how fast the machine is. For each kind this starts ``bench/authz_server.py <kind>`` under
+server executes per call hardly does (repeat runs agree within a few per cent) and does not
+depend on how fast the machine is. For each kind this starts ``bench/authz_server.py <kind>`` under
 ``valgrind --tool=callgrind`` (Debian package ``valgrind``), warms it up with 200 calls, sends
 500 calls and dumps the counters, then does the same with 2,500 calls in a fresh process; the
 difference divided by 2,000 leaves start-up out. Kinds: ``noop`` (the issue's baseline, standard
