@@ -199,12 +199,19 @@ def test_services_are_added_as_generic_handlers_only():
     async def echo(request: bytes, context) -> bytes:
         return request
 
-    recorder = RecordingServer()
     handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    details = type("Details", (), {"method": f"/{TEST_SERVICE}/Echo", "invocation_metadata": ()})()
+    recorder = RecordingServer()
     GenericOnly(recorder).add_registered_method_handlers(TEST_SERVICE, handlers)
     assert recorder.registered == []  # grpc.aio never sees a registered method
-    details = type("Details", (), {"method": f"/{TEST_SERVICE}/Echo", "invocation_metadata": ()})()
     assert [h.service(details) for h in recorder.generic] == [handlers["Echo"]]
+    # both ways, as generated code does: one generic handler, no copy to look through per call
+    recorder = RecordingServer()
+    both = GenericOnly(recorder)
+    both.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(TEST_SERVICE, handlers),))
+    both.add_registered_method_handlers(TEST_SERVICE, handlers)
+    assert recorder.registered == [] and len(recorder.generic) == 1
+    assert recorder.generic[0].service(details) is handlers["Echo"]
 
 
 async def test_a_service_registered_both_ways_is_served(tmp_path):

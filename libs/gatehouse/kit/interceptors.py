@@ -288,9 +288,8 @@ class _CallScope:
         ends with the call."""
         if self.logged is not None:
             self._log_access(_code_name(self.context.code(), "OK"), principal_var.get())
-        span, telemetry = self.span, self.s.telemetry
-        if span is not None and not telemetry.quiet:
-            telemetry.end(span, self.context.code() if telemetry.needs_code else None, None, None, None)
+        if self.span is not None and self.s.telemetry.needs_code:
+            self._finish_telemetry(None, None, None)
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         principal = principal_var.get() if self.logged is not None else None  # for the access line

@@ -187,20 +187,33 @@ class GenericOnly:
 
     def __init__(self, server: grpc.aio.Server):
         self._server = server
+        self._generic: list = []
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers) -> None:
+        self._generic.extend(generic_rpc_handlers)
         self._server.add_generic_rpc_handlers(generic_rpc_handlers)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
-        # the same handlers: served generically, and added here as such in case a caller added
-        # them only this way (generated code adds them both ways; a generic handler found first
-        # answers and the copy is never reached)
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service_name, method_handlers),)
-        )
+        """Added as a generic handler, unless the generic handlers added so far already serve
+        every one of these methods (generated code adds each service both ways): a copy would be
+        one more lookup per call for every service added after it."""
+        methods = [f"/{service_name}/{name}" for name in method_handlers]
+        if not all(self._serves(method) for method in methods):
+            self.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service_name, method_handlers),)
+            )
+
+    def _serves(self, method: str) -> bool:
+        details = _HandlerLookup(method, ())
+        return any(handler.service(details) is not None for handler in self._generic)
 
     def __getattr__(self, name: str):
         return getattr(self._server, name)
+
+
+class _HandlerLookup(grpc.HandlerCallDetails):
+    def __init__(self, method: str, invocation_metadata: tuple):
+        self.method, self.invocation_metadata = method, invocation_metadata
 
 
 async def _supervised(hook: Hook) -> None:

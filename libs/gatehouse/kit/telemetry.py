@@ -124,7 +124,6 @@ class MethodTelemetry:
         "_requests",
         "_tracer",
         "needs_code",
-        "quiet",
     )
 
     def __init__(self, server: ServerTelemetry, method: str):
@@ -134,10 +133,10 @@ class MethodTelemetry:
         self._method = method
         self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         self._by_code: dict[str, dict] = {}
-        self.needs_code = not self._lean or self._metrics  # end() reads the status only then
-        # nothing to record when a call ends: a lean span and no metrics (the context variable
-        # holding the span needs no reset at the end of a call served in a task of its own)
-        self.quiet = not self.needs_code
+        # end() reads the status only then; without it (a lean span, no metrics) it records nothing,
+        # so a unary call served in a task of its own may skip it (the span's variable then needs
+        # no reset)
+        self.needs_code = not self._lean or self._metrics
 
     def begin(self, traceparent: str | None, tracestate: str | None):
         """Start the call's span (current until :meth:`end`); returns the handle for :meth:`end`."""
